@@ -1,0 +1,12 @@
+package kvmtest
+
+import "testing"
+
+func TestProbeSpeed(t *testing.T) {
+	RequireKVM(t)
+	d, err := ProbeSpeed()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("probe loop: %v (Linux-capable: %v)", d, d <= LinuxSpeedLimit)
+}
