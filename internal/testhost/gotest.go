@@ -1,0 +1,291 @@
+package testhost
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// RunGoTest runs a Go test binary (built with GoBuild(..., true), i.e.
+// go test -c) in a test host and reports each of its top-level tests as a
+// subtest of t, with that test's output, result and subtests, so that the
+// inner tests appear in the outer `go test` run.
+//
+// spec.Args[0] is the binary's path inside the test host; RunGoTest adds
+// -test.v=test2json and, from the timeout, -test.timeout unless given. The
+// binary's stdout goes through `go tool test2json`. t fails if the test
+// host fails, if no inner test ran, if the binary exits non-zero, or if any
+// inner test fails. spec.Timeout defaults to the time left before t's
+// deadline, less a margin.
+func RunGoTest(t *testing.T, spec Spec) {
+	t.Helper()
+	RequireQEMU(t)
+	if len(spec.Args) == 0 {
+		t.Fatal("RunGoTest: empty spec.Args")
+	}
+	if dl, ok := t.Deadline(); ok {
+		left := time.Until(dl) - 10*time.Second
+		if spec.Timeout == 0 || spec.Timeout > left {
+			spec.Timeout = max(left, time.Second)
+		}
+	}
+	if spec.Timeout == 0 {
+		spec.Timeout = DefaultTimeout
+	}
+	spec.Args = goTestArgs(spec.Args, spec.Timeout)
+
+	name := strings.TrimSuffix(filepath.Base(spec.Args[0]), ".test")
+	conv := exec.CommandContext(t.Context(), goTool(), "tool", "test2json", "-t", "-p", name)
+	convIn, err := conv.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	convOut, err := conv.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var convErr strings.Builder
+	conv.Stderr = &convErr
+	if err := conv.Start(); err != nil {
+		t.Fatalf("go tool test2json: %v", err)
+	}
+	type parsed struct {
+		rep *goTestReport
+		err error
+	}
+	parsedCh := make(chan parsed, 1)
+	go func() {
+		rep, err := parseTestEvents(convOut)
+		io.Copy(io.Discard, convOut)
+		parsedCh <- parsed{rep, err}
+	}()
+
+	var stdout io.Writer = convIn
+	if spec.Stdout != nil {
+		stdout = io.MultiWriter(convIn, spec.Stdout)
+	}
+	spec.Stdout = stdout
+	stderr := &tailWriter{w: io.Discard}
+	if spec.Stderr != nil {
+		stderr.w = spec.Stderr
+	}
+	spec.Stderr = stderr
+	console := &tailWriter{w: io.Discard}
+	if spec.Console != nil {
+		console.w = spec.Console
+	}
+	spec.Console = console
+	if spec.Progress == nil {
+		spec.Progress = testLogWriter{t}
+	}
+
+	code, runErr := Run(t.Context(), spec)
+	convIn.Close()
+	p := <-parsedCh
+	if err := conv.Wait(); err != nil && p.err == nil {
+		p.err = fmt.Errorf("go tool test2json: %v: %s", err, convErr.String())
+	}
+
+	if p.rep != nil {
+		for _, it := range p.rep.Tests {
+			t.Run(shortName(it.Name), it.report)
+		}
+	}
+	if runErr != nil {
+		t.Fatalf("test host: %v", runErr)
+	}
+	if p.err != nil {
+		t.Fatalf("reading the test output: %v", p.err)
+	}
+	bad := false
+	if len(p.rep.Tests) == 0 {
+		t.Errorf("%s ran no tests (exit status %d)", spec.Args[0], code)
+		bad = true
+	}
+	if code != 0 {
+		t.Errorf("%s exited with status %d", spec.Args[0], code)
+		bad = true
+	}
+	if bad || t.Failed() {
+		if out := strings.TrimSpace(p.rep.Output.String()); out != "" {
+			t.Logf("test binary output outside tests:\n%s", out)
+		}
+		if tail := stderr.Tail(); tail != "" {
+			t.Logf("test binary stderr (last bytes):\n%s", tail)
+		}
+		if bad {
+			if tail := console.Tail(); tail != "" {
+				t.Logf("test host console (last bytes):\n%s", tail)
+			}
+		}
+	}
+}
+
+// goTestArgs adds -test.v=test2json and -test.timeout (a little under the
+// test host's timeout, so a hung inner test dumps its goroutines) after
+// args[0], unless the caller gave them.
+func goTestArgs(args []string, timeout time.Duration) []string {
+	hasV, hasTimeout := false, false
+	for _, a := range args[1:] {
+		a = "-" + strings.TrimLeft(a, "-")
+		hasV = hasV || strings.HasPrefix(a, "-test.v")
+		hasTimeout = hasTimeout || strings.HasPrefix(a, "-test.timeout")
+	}
+	out := []string{args[0]}
+	if !hasV {
+		out = append(out, "-test.v=test2json")
+	}
+	if !hasTimeout && timeout > 0 {
+		inner := timeout - min(30*time.Second, timeout/4)
+		out = append(out, "-test.timeout="+inner.String())
+	}
+	return append(out, args[1:]...)
+}
+
+// testLogWriter sends progress lines to t.Log.
+type testLogWriter struct{ t *testing.T }
+
+func (w testLogWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
+
+// testEvent is one line of `go tool test2json` output (cmd/test2json).
+type testEvent struct {
+	Action  string
+	Test    string
+	Output  string
+	Elapsed float64
+}
+
+// innerTest is one test of the inner binary.
+type innerTest struct {
+	Name    string // full name, e.g. TestA/sub
+	Action  string // pass, fail, skip; "" if it never finished
+	Elapsed float64
+	Output  strings.Builder
+	Sub     []*innerTest
+}
+
+// goTestReport is the parsed run of an inner test binary.
+type goTestReport struct {
+	Tests  []*innerTest    // top-level tests, in order of first appearance
+	Output strings.Builder // output outside any test
+	Result string          // the package's pass or fail
+}
+
+// maxEventLine caps one test2json line; longer lines are an error.
+const maxEventLine = 16 << 20
+
+// parseTestEvents reads test2json events into a tree of tests.
+func parseTestEvents(r io.Reader) (*goTestReport, error) {
+	rep := &goTestReport{}
+	byName := map[string]*innerTest{}
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64<<10), maxEventLine)
+	for sc.Scan() {
+		line := sc.Bytes()
+		if len(line) == 0 {
+			continue
+		}
+		var ev testEvent
+		if err := json.Unmarshal(line, &ev); err != nil {
+			rep.Output.Write(line) // not an event: keep it as output
+			rep.Output.WriteByte('\n')
+			continue
+		}
+		if ev.Test == "" {
+			switch ev.Action {
+			case "output":
+				rep.Output.WriteString(ev.Output)
+			case "pass", "fail":
+				rep.Result = ev.Action
+			}
+			continue
+		}
+		it := byName[ev.Test]
+		if it == nil {
+			it = &innerTest{Name: ev.Test}
+			byName[ev.Test] = it
+			if parent := parentTest(byName, ev.Test); parent != nil {
+				parent.Sub = append(parent.Sub, it)
+			} else {
+				rep.Tests = append(rep.Tests, it)
+			}
+		}
+		switch ev.Action {
+		case "output":
+			it.Output.WriteString(ev.Output)
+		case "pass", "fail", "skip":
+			it.Action, it.Elapsed = ev.Action, ev.Elapsed
+		}
+	}
+	return rep, sc.Err()
+}
+
+// parentTest finds the nearest known ancestor of a subtest name.
+func parentTest(byName map[string]*innerTest, name string) *innerTest {
+	for {
+		i := strings.LastIndexByte(name, '/')
+		if i < 0 {
+			return nil
+		}
+		name = name[:i]
+		if p := byName[name]; p != nil {
+			return p
+		}
+	}
+}
+
+// shortName is the last element of a test name (what t.Run takes).
+func shortName(name string) string {
+	if i := strings.LastIndexByte(name, '/'); i >= 0 {
+		return name[i+1:]
+	}
+	return name
+}
+
+// report replays an inner test as the current subtest t.
+func (it *innerTest) report(t *testing.T) {
+	if out := it.cleanOutput(); out != "" {
+		t.Log("output inside the test host:\n" + out)
+	}
+	for _, sub := range it.Sub {
+		t.Run(shortName(sub.Name), sub.report)
+	}
+	switch it.Action {
+	case "pass":
+	case "fail":
+		t.Errorf("%s failed inside the test host (%.2fs)", it.Name, it.Elapsed)
+	case "skip":
+		t.SkipNow()
+	default:
+		t.Errorf("%s did not finish: the test binary crashed, timed out or was killed", it.Name)
+	}
+}
+
+// cleanOutput is the test's output without the framing lines (=== RUN,
+// --- PASS, ...) that the outer run prints itself.
+func (it *innerTest) cleanOutput() string {
+	var keep []string
+	for _, l := range strings.SplitAfter(it.Output.String(), "\n") {
+		s := strings.TrimSpace(l)
+		if s == "" {
+			continue
+		}
+		if strings.HasPrefix(s, "=== ") {
+			continue
+		}
+		if strings.HasPrefix(s, "--- ") && strings.Contains(s, ": "+it.Name+" (") {
+			continue
+		}
+		keep = append(keep, strings.TrimRight(l, "\n"))
+	}
+	return strings.Join(keep, "\n")
+}

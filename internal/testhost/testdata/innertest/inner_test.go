@@ -1,0 +1,27 @@
+// Package innertest is the Go test binary TestRunGoTest runs inside the
+// test host through RunGoTest.
+package innertest
+
+import (
+	"os"
+	"testing"
+)
+
+func TestInnerPass(t *testing.T) {
+	t.Log("hello from inside")
+	for _, name := range []string{"one", "two"} {
+		t.Run(name, func(t *testing.T) { t.Logf("subtest %s", name) })
+	}
+}
+
+func TestInnerSkip(t *testing.T) {
+	t.Skip("skipped on purpose")
+}
+
+func TestInnerKVM(t *testing.T) {
+	f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+}

@@ -1,0 +1,347 @@
+package testhost
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+)
+
+// A synthetic modules.dep in depmod's format: each module lists the files
+// of its (transitive) dependencies.
+const syntheticModulesDep = `kernel/arch/x86/kvm/kvm.ko: kernel/virt/lib/irqbypass.ko
+kernel/arch/x86/kvm/kvm-amd.ko: kernel/arch/x86/kvm/kvm.ko kernel/virt/lib/irqbypass.ko
+kernel/virt/lib/irqbypass.ko:
+kernel/drivers/virtio/virtio.ko:
+kernel/drivers/virtio/virtio_ring.ko:
+kernel/drivers/virtio/virtio_pci.ko: kernel/drivers/virtio/virtio_ring.ko kernel/drivers/virtio/virtio_pci_modern_dev.ko kernel/drivers/virtio/virtio.ko
+kernel/drivers/virtio/virtio_pci_modern_dev.ko:
+kernel/drivers/vhost/vhost_vsock.ko: kernel/net/vmw_vsock/vmw_vsock_virtio_transport_common.ko kernel/drivers/vhost/vhost.ko kernel/drivers/vhost/vhost_iotlb.ko kernel/net/vmw_vsock/vsock.ko
+kernel/drivers/vhost/vhost.ko: kernel/drivers/vhost/vhost_iotlb.ko
+kernel/drivers/vhost/vhost_iotlb.ko:
+kernel/net/vmw_vsock/vsock.ko:
+kernel/net/vmw_vsock/vmw_vsock_virtio_transport_common.ko: kernel/net/vmw_vsock/vsock.ko
+kernel/a/cyc1.ko: kernel/a/cyc2.ko
+kernel/a/cyc2.ko: kernel/a/cyc1.ko
+kernel/a/needsmissing.ko: kernel/a/nowhere.ko
+`
+
+func TestResolveModules(t *testing.T) {
+	g, err := parseModulesDep(strings.NewReader(syntheticModulesDep))
+	if err != nil {
+		t.Fatal(err)
+	}
+	builtin, err := readBuiltin(strings.NewReader("kernel/fs/ext4/ext4.ko\nkernel/fs/jbd2/jbd2.ko\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	deps := func(n string) ([]string, error) { return g.deps[n], nil }
+
+	order, needs, skipped, err := resolveModules(g, builtin, []string{"kvm-amd", "ext4", "vhost_vsock", "virtio_pci", "kvm"}, deps)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(skipped, []string{"ext4"}) {
+		t.Errorf("skipped %v, want [ext4]", skipped)
+	}
+	pos := map[string]int{}
+	for i, m := range order {
+		if _, dup := pos[m]; dup {
+			t.Fatalf("%s twice in %v", m, order)
+		}
+		pos[m] = i
+	}
+	for name, ds := range g.deps {
+		if _, ok := pos[name]; !ok {
+			continue
+		}
+		for _, d := range ds {
+			if pos[d] > pos[name] {
+				t.Errorf("%s loads before its dependency %s: %v", name, d, order)
+			}
+		}
+	}
+	want := []string{"irqbypass", "kvm", "kvm_amd", "vmw_vsock_virtio_transport_common", "vhost_vsock", "virtio_pci"}
+	for _, w := range want {
+		if _, ok := pos[w]; !ok {
+			t.Errorf("%s missing from %v", w, order)
+		}
+	}
+	if len(order) != 12 {
+		t.Errorf("order %v: %d modules, want 12", order, len(order))
+	}
+	if got := needs["kvm_amd"]; !reflect.DeepEqual(got, []string{"kvm", "irqbypass"}) {
+		t.Errorf("kvm_amd needs %v, want [kvm irqbypass] (from modules.dep)", got)
+	}
+	if len(needs["irqbypass"]) != 0 {
+		t.Errorf("irqbypass needs %v", needs["irqbypass"])
+	}
+
+	for _, tc := range []struct{ want, errPart string }{
+		{"cyc1", "cycle"},
+		{"needsmissing", "nowhere"},
+		{"nonexistent", "neither built in"},
+	} {
+		if _, _, _, err := resolveModules(g, builtin, []string{tc.want}, deps); err == nil || !strings.Contains(err.Error(), tc.errPart) {
+			t.Errorf("%s: err %v, want one mentioning %q", tc.want, err, tc.errPart)
+		}
+	}
+}
+
+func TestModuleName(t *testing.T) {
+	for in, want := range map[string]string{
+		"kernel/arch/x86/kvm/kvm-amd.ko":        "kvm_amd",
+		"kvm-amd":                               "kvm_amd",
+		"kernel/drivers/block/virtio_blk.ko.xz": "virtio_blk",
+		"vsock.ko.zst":                          "vsock",
+	} {
+		if got := moduleName(in); got != want {
+			t.Errorf("moduleName(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+func TestParseModulesDepRejects(t *testing.T) {
+	if _, err := parseModulesDep(strings.NewReader("no colon here\n")); err == nil {
+		t.Fatal("accepted a line without a colon")
+	}
+}
+
+// TestRealKernelModules resolves DefaultModules against the cached Debian
+// kernel (no modules.dep: dependencies come from .modinfo), if present.
+func TestRealKernelModules(t *testing.T) {
+	parent, err := kernelCacheDir()
+	if err != nil {
+		t.Skip(err)
+	}
+	k, ok := newestCachedKernel(parent)
+	if !ok {
+		t.Skip("no kernel in the cache; run husk-dev testhost -prepare")
+	}
+	ms, err := resolveKernelModules(k, DefaultModules)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%s: load %v; built in %v", k.Release, ms.Order, ms.Builtin)
+	idx := map[string]int{}
+	for i, m := range ms.Order {
+		idx[m] = i
+	}
+	for _, pair := range [][2]string{{"irqbypass", "kvm"}, {"kvm", "kvm_amd"}, {"virtio", "virtio_pci"}, {"vsock", "vhost_vsock"}} {
+		a, okA := idx[pair[0]]
+		b, okB := idx[pair[1]]
+		if !okA || !okB || a > b {
+			t.Errorf("%s must load before %s: %v", pair[0], pair[1], ms.Order)
+		}
+	}
+}
+
+func TestParseKernelDepends(t *testing.T) {
+	show := "Package: linux-image-cloud-amd64\nVersion: 6.1.192-2\nDepends: linux-image-6.1.0-56-cloud-amd64 (= 6.1.192-2)\nDescription: x\n"
+	pkg, ver, err := parseKernelDepends([]byte(show))
+	if err != nil || pkg != "linux-image-6.1.0-56-cloud-amd64" || ver != "6.1.192-2" {
+		t.Fatalf("got %q %q %v", pkg, ver, err)
+	}
+	for _, bad := range []string{"Package: x\n", "Depends: linux-image-6.1.0-56-cloud-amd64\n", "Depends: libc6 (= 1)\n"} {
+		if _, _, err := parseKernelDepends([]byte(bad)); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+}
+
+func TestVersionLess(t *testing.T) {
+	for _, tc := range []struct {
+		a, b string
+		less bool
+	}{
+		{"6.1.176-1", "6.1.192-2", true},
+		{"6.1.192-2", "6.1.176-1", false},
+		{"6.1.99-1", "6.1.100-1", true},
+		{"6.1.192-2", "6.1.192-10", true},
+		{"6.1.192", "6.1.192-1", true},
+		{"6.1.192-1", "6.1.192-1", false},
+	} {
+		if got := versionLess(tc.a, tc.b); got != tc.less {
+			t.Errorf("versionLess(%q, %q) = %v", tc.a, tc.b, got)
+		}
+	}
+}
+
+func TestQEMUArgs(t *testing.T) {
+	s := Spec{Disks: []Disk{{"bin", "/x"}, {"img", "/y"}}, ScratchMiB: 512, Debug: true}
+	s.setDefaults()
+	args := qemuArgs(Assets{Vmlinuz: "/k", Initramfs: "/i"}, &s, []string{"/c/a,b.ext4", "/c/y"}, "/tmp/s/ctl.sock")
+	line := strings.Join(args, " ")
+	for _, want := range []string{
+		"-accel tcg,thread=multi -cpu max -smp 2 -m 6144M -M q35 -nodefaults -no-user-config -nographic -no-reboot",
+		"-device isa-debug-exit,iobase=0xf4,iosize=0x04",
+		"-kernel /k -initrd /i",
+		"-chardev socket,id=ctl,path=/tmp/s/ctl.sock",
+		"-device virtserialport,bus=vser.0,chardev=ctl,name=husk.ctl",
+		"-drive file=/c/a,,b.ext4,format=raw,if=none,readonly=on,id=disk0 -device virtio-blk-pci,drive=disk0,serial=bin",
+		"-drive file=/c/y,format=raw,if=none,readonly=on,id=disk1 -device virtio-blk-pci,drive=disk1,serial=img",
+	} {
+		if !strings.Contains(line, want) {
+			t.Errorf("missing %q in\n%s", want, line)
+		}
+	}
+	var appendArg string
+	for i, a := range args {
+		if a == "-append" {
+			appendArg = args[i+1]
+		}
+	}
+	if !strings.HasSuffix(appendArg, "husk.disks=bin,img husk.scratch=512 husk.debug=1") {
+		t.Errorf("-append %q", appendArg)
+	}
+}
+
+func TestSpecValidate(t *testing.T) {
+	for _, s := range []Spec{
+		{}, // no command
+		{Args: []string{"x"}, Disks: []Disk{{"a/b", "/"}}},
+		{Args: []string{"x"}, Disks: []Disk{{"a", "/"}, {"a", "/"}}},
+		{Args: []string{"x"}, CPUs: -1},
+		{Args: []string{"x"}, Env: []string{"NOVALUE"}},
+	} {
+		s.setDefaults()
+		if err := s.validate(); err == nil {
+			t.Errorf("%+v accepted", s)
+		}
+	}
+	ok := Spec{Args: []string{"/artifacts/bin/x", "-v"}, Disks: []Disk{{"bin", "/"}}}
+	ok.setDefaults()
+	if err := ok.validate(); err != nil {
+		t.Error(err)
+	}
+}
+
+func TestGoTestArgs(t *testing.T) {
+	got := goTestArgs([]string{"/a/x.test", "-test.run=Foo"}, 10*time.Minute)
+	want := []string{"/a/x.test", "-test.v=test2json", "-test.timeout=9m30s", "-test.run=Foo"}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("got %q, want %q", got, want)
+	}
+	got = goTestArgs([]string{"/a/x.test", "--test.v=true", "-test.timeout=1m"}, time.Minute)
+	if len(got) != 3 {
+		t.Errorf("added flags the caller gave: %q", got)
+	}
+}
+
+const sampleEvents = `{"Action":"start","Package":"p"}
+{"Action":"run","Package":"p","Test":"TestA"}
+{"Action":"output","Package":"p","Test":"TestA","Output":"=== RUN   TestA\n"}
+{"Action":"output","Package":"p","Test":"TestA","Output":"    a_test.go:9: hello\n"}
+{"Action":"run","Package":"p","Test":"TestA/sub"}
+{"Action":"output","Package":"p","Test":"TestA/sub","Output":"    --- FAIL: TestA/sub (0.00s)\n"}
+{"Action":"output","Package":"p","Test":"TestA/sub","Output":"        a_test.go:12: boom\n"}
+{"Action":"fail","Package":"p","Test":"TestA/sub","Elapsed":0}
+{"Action":"output","Package":"p","Test":"TestA","Output":"--- FAIL: TestA (0.01s)\n"}
+{"Action":"fail","Package":"p","Test":"TestA","Elapsed":0.01}
+{"Action":"run","Package":"p","Test":"TestB"}
+{"Action":"output","Package":"p","Test":"TestB","Output":"--- SKIP: TestB (0.00s)\n"}
+{"Action":"skip","Package":"p","Test":"TestB","Elapsed":0}
+{"Action":"run","Package":"p","Test":"TestC"}
+{"Action":"output","Package":"p","Test":"TestC","Output":"panic: oops\n"}
+not json at all
+{"Action":"output","Package":"p","Output":"FAIL\n"}
+{"Action":"fail","Package":"p","Elapsed":0.02}
+`
+
+func TestParseTestEvents(t *testing.T) {
+	rep, err := parseTestEvents(strings.NewReader(sampleEvents))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Tests) != 3 {
+		t.Fatalf("%d top-level tests, want 3", len(rep.Tests))
+	}
+	a, b, c := rep.Tests[0], rep.Tests[1], rep.Tests[2]
+	if a.Name != "TestA" || a.Action != "fail" || len(a.Sub) != 1 || a.Sub[0].Name != "TestA/sub" || a.Sub[0].Action != "fail" {
+		t.Errorf("TestA: %+v", a)
+	}
+	if got := a.cleanOutput(); got != "    a_test.go:9: hello" {
+		t.Errorf("TestA output %q", got)
+	}
+	if got := a.Sub[0].cleanOutput(); got != "        a_test.go:12: boom" {
+		t.Errorf("TestA/sub output %q", got)
+	}
+	if b.Action != "skip" || c.Action != "" {
+		t.Errorf("TestB %q, TestC %q", b.Action, c.Action)
+	}
+	if rep.Result != "fail" || !strings.Contains(rep.Output.String(), "not json at all") {
+		t.Errorf("package result %q, output %q", rep.Result, rep.Output.String())
+	}
+}
+
+func TestPrintable(t *testing.T) {
+	if got := printable([]byte("a\x00b\xffc\n\tz\n"), 100); got != "a\\x00b\ufffdc\n\tz" {
+		t.Errorf("got %q", got)
+	}
+	if got := printable(bytes.Repeat([]byte("x"), 10), 4); got != "xxxx" {
+		t.Errorf("got %q", got)
+	}
+}
+
+func TestTailWriter(t *testing.T) {
+	var all bytes.Buffer
+	tw := &tailWriter{w: &all}
+	for i := 0; i < 3000; i++ {
+		tw.Write([]byte("line\n"))
+	}
+	if all.Len() != 3000*5 {
+		t.Errorf("passed on %d bytes", all.Len())
+	}
+	tail := tw.Tail()
+	if len(tail) > consoleTail || !strings.HasPrefix(tail, "line") {
+		t.Errorf("tail of %d bytes starting %q", len(tail), tail[:10])
+	}
+}
+
+func TestWriteInitramfs(t *testing.T) {
+	dir := t.TempDir()
+	for _, m := range []string{"a.ko", "b-c.ko"} {
+		if err := os.WriteFile(filepath.Join(dir, m), []byte("module "+m), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var buf bytes.Buffer
+	ms := moduleSet{Order: []string{"a", "b_c"}, Files: []string{"a.ko", "b-c.ko"}, Needs: map[string][]string{"b_c": {"a"}}}
+	err := writeInitramfs(&buf, []byte("\x7fELF init"), dir, ms)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := buf.String()
+	for _, want := range []string{"init\x00", "\x7fELF init", "modules/order\x00", "a.ko\nb-c.ko a.ko\n", "modules/b-c.ko\x00", "module b-c.ko", "dev/console\x00", "TRAILER!!!"} {
+		if !strings.Contains(data, want) {
+			t.Errorf("initramfs lacks %q", want)
+		}
+	}
+	if buf.Len()%4 != 0 {
+		t.Errorf("length %d not 4-aligned", buf.Len())
+	}
+}
+
+func TestHashDir(t *testing.T) {
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "f"), []byte("1"), 0o755)
+	os.Mkdir(filepath.Join(dir, "d"), 0o755)
+	os.Symlink("f", filepath.Join(dir, "l"))
+	h1, n, blocks, err := hashDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n != 4 || blocks != 4 {
+		t.Errorf("entries %d blocks %d, want 4 and 4", n, blocks)
+	}
+	os.WriteFile(filepath.Join(dir, "f"), []byte("2"), 0o755)
+	h2, _, _, _ := hashDir(dir)
+	os.Chmod(filepath.Join(dir, "f"), 0o644)
+	h3, _, _, _ := hashDir(dir)
+	if h1 == h2 || h2 == h3 {
+		t.Errorf("hash ignores content or mode: %s %s %s", h1, h2, h3)
+	}
+}
