@@ -118,5 +118,34 @@ func PublishFile(final string, perm os.FileMode, fill func(f *os.File) error) (e
 	return nil
 }
 
+// RemoveStale deletes temporary copies of final left by publishers that died
+// ("<final>.tmp-*"). Call it only while holding the entry's lock, when no
+// other publisher of final can be running.
+func RemoveStale(final string) error {
+	matches, err := filepath.Glob(globEscape(final) + ".tmp-*")
+	if err != nil {
+		return err
+	}
+	for _, m := range matches {
+		if err := os.RemoveAll(m); err != nil {
+			return fmt.Errorf("remove stale %s: %w", m, err)
+		}
+	}
+	return nil
+}
+
+// globEscape quotes the metacharacters of filepath.Match in s.
+func globEscape(s string) string {
+	var b []byte
+	for i := 0; i < len(s); i++ {
+		switch s[i] {
+		case '*', '?', '[', '\\':
+			b = append(b, '\\')
+		}
+		b = append(b, s[i])
+	}
+	return string(b)
+}
+
 // ErrLocked is returned by TryLock when another process holds the lock.
 var ErrLocked = errors.New("cache entry is locked by another process")

@@ -122,3 +122,22 @@ func TestLock(t *testing.T) {
 	}
 	r2()
 }
+
+func TestRemoveStale(t *testing.T) {
+	dir := t.TempDir()
+	final := filepath.Join(dir, "e[1]")
+	for _, n := range []string{final + ".tmp-1", final + ".tmp-22", filepath.Join(dir, "e1.tmp-3"), final} {
+		if err := os.MkdirAll(n, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := RemoveStale(final); err != nil {
+		t.Fatal(err)
+	}
+	if Exists(final+".tmp-1") || Exists(final+".tmp-22") {
+		t.Fatal("stale temporaries survived")
+	}
+	if !Exists(final) || !Exists(filepath.Join(dir, "e1.tmp-3")) {
+		t.Fatal("RemoveStale removed more than the temporaries of final")
+	}
+}
