@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"flag"
@@ -11,7 +10,9 @@ import (
 	"path/filepath"
 	"syscall"
 
+	"github.com/huskvm/husk/internal/devenv"
 	"github.com/huskvm/husk/internal/kbuild"
+	"github.com/huskvm/husk/internal/testhost"
 )
 
 func init() { commands["kernel"] = kernelCmd }
@@ -50,11 +51,11 @@ fragment, and prints the build directory holding the resolved .config.
 		return fmt.Errorf("unexpected arguments %q", fs.Args())
 	}
 	if *fragment == "" {
-		root, err := repoRoot()
+		root, err := testhost.SourceRoot()
 		if err != nil {
 			return err
 		}
-		*fragment = filepath.Join(root, "guest", "kernel", "husk.config")
+		*fragment = filepath.Join(root, devenv.KernelFragment)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -75,23 +76,4 @@ fragment, and prints the build directory holding the resolved .config.
 	}
 	fmt.Println(res.Dir)
 	return nil
-}
-
-// repoRoot finds the husk module root above the working directory.
-func repoRoot() (string, error) {
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", err
-	}
-	for {
-		data, err := os.ReadFile(filepath.Join(dir, "go.mod"))
-		if err == nil && bytes.Contains(data, []byte("module github.com/huskvm/husk\n")) {
-			return dir, nil
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", errors.New("not inside the husk repository (no go.mod of github.com/huskvm/husk above the working directory)")
-		}
-		dir = parent
-	}
 }

@@ -3,6 +3,7 @@ package testhost
 import (
 	"bufio"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os/exec"
@@ -29,18 +30,71 @@ func RunGoTest(t *testing.T, spec Spec) {
 	if len(spec.Args) == 0 {
 		t.Fatal("RunGoTest: empty spec.Args")
 	}
+	spec.Timeout = testTimeout(t, spec.Timeout)
+	spec.Args = goTestArgs(spec.Args, spec.Timeout)
+	console := &tailWriter{w: io.Discard}
+	if spec.Console != nil {
+		console.w = spec.Console
+	}
+	spec.Console = console
+	if spec.Progress == nil {
+		spec.Progress = testLogWriter{t}
+	}
+	mirrorGoTest(t, spec.Args[0], spec.Stdout, spec.Stderr, func(stdout, stderr io.Writer) (int, error) {
+		spec.Stdout, spec.Stderr = stdout, stderr
+		code, err := Run(t.Context(), spec)
+		if err != nil {
+			err = fmt.Errorf("test host: %w", err)
+		}
+		return code, err
+	}, console)
+}
+
+// RunGoTestDirect is RunGoTest for a test binary that runs on this machine
+// (where KVM runs Linux guests itself), with environment env.
+func RunGoTestDirect(t *testing.T, binary string, env []string, timeout time.Duration) {
+	t.Helper()
+	timeout = testTimeout(t, timeout)
+	args := goTestArgs([]string{binary, "-test.count=1"}, timeout)
+	mirrorGoTest(t, binary, nil, nil, func(stdout, stderr io.Writer) (int, error) {
+		cmd := exec.CommandContext(t.Context(), args[0], args[1:]...)
+		cmd.Env, cmd.Stdout, cmd.Stderr = env, stdout, stderr
+		cmd.WaitDelay = 10 * time.Second
+		err := cmd.Run()
+		var exit *exec.ExitError
+		if errors.As(err, &exit) {
+			return exit.ExitCode(), nil
+		}
+		if err != nil {
+			return -1, err
+		}
+		return 0, nil
+	}, nil)
+}
+
+// testTimeout returns timeout, or the default, capped by t's deadline less a
+// margin.
+func testTimeout(t *testing.T, timeout time.Duration) time.Duration {
 	if dl, ok := t.Deadline(); ok {
 		left := time.Until(dl) - 10*time.Second
-		if spec.Timeout == 0 || spec.Timeout > left {
-			spec.Timeout = max(left, time.Second)
+		if timeout == 0 || timeout > left {
+			timeout = max(left, time.Second)
 		}
 	}
-	if spec.Timeout == 0 {
-		spec.Timeout = DefaultTimeout
+	if timeout == 0 {
+		timeout = DefaultTimeout
 	}
-	spec.Args = goTestArgs(spec.Args, spec.Timeout)
+	return timeout
+}
 
-	name := strings.TrimSuffix(filepath.Base(spec.Args[0]), ".test")
+// mirrorGoTest runs a test binary through run, whose stdout goes through
+// `go tool test2json`, and replays its tests as subtests of t. extraStdout
+// and extraStderr, if not nil, also get the binary's output; console, if not
+// nil, is the test host console whose tail is logged on failure.
+func mirrorGoTest(t *testing.T, binary string, extraStdout, extraStderr io.Writer,
+	run func(stdout, stderr io.Writer) (int, error), console *tailWriter) {
+	t.Helper()
+	name := strings.TrimSuffix(filepath.Base(binary), ".test")
 	conv := exec.CommandContext(t.Context(), goTool(), "tool", "test2json", "-t", "-p", name)
 	convIn, err := conv.StdinPipe()
 	if err != nil {
@@ -67,25 +121,15 @@ func RunGoTest(t *testing.T, spec Spec) {
 	}()
 
 	var stdout io.Writer = convIn
-	if spec.Stdout != nil {
-		stdout = io.MultiWriter(convIn, spec.Stdout)
+	if extraStdout != nil {
+		stdout = io.MultiWriter(convIn, extraStdout)
 	}
-	spec.Stdout = stdout
 	stderr := &tailWriter{w: io.Discard}
-	if spec.Stderr != nil {
-		stderr.w = spec.Stderr
-	}
-	spec.Stderr = stderr
-	console := &tailWriter{w: io.Discard}
-	if spec.Console != nil {
-		console.w = spec.Console
-	}
-	spec.Console = console
-	if spec.Progress == nil {
-		spec.Progress = testLogWriter{t}
+	if extraStderr != nil {
+		stderr.w = extraStderr
 	}
 
-	code, runErr := Run(t.Context(), spec)
+	code, runErr := run(stdout, stderr)
 	convIn.Close()
 	p := <-parsedCh
 	if err := conv.Wait(); err != nil && p.err == nil {
@@ -98,18 +142,18 @@ func RunGoTest(t *testing.T, spec Spec) {
 		}
 	}
 	if runErr != nil {
-		t.Fatalf("test host: %v", runErr)
+		t.Fatal(runErr)
 	}
 	if p.err != nil {
 		t.Fatalf("reading the test output: %v", p.err)
 	}
 	bad := false
 	if len(p.rep.Tests) == 0 {
-		t.Errorf("%s ran no tests (exit status %d)", spec.Args[0], code)
+		t.Errorf("%s ran no tests (exit status %d)", binary, code)
 		bad = true
 	}
 	if code != 0 {
-		t.Errorf("%s exited with status %d", spec.Args[0], code)
+		t.Errorf("%s exited with status %d", binary, code)
 		bad = true
 	}
 	if bad || t.Failed() {
@@ -119,7 +163,7 @@ func RunGoTest(t *testing.T, spec Spec) {
 		if tail := stderr.Tail(); tail != "" {
 			t.Logf("test binary stderr (last bytes):\n%s", tail)
 		}
-		if bad {
+		if bad && console != nil {
 			if tail := console.Tail(); tail != "" {
 				t.Logf("test host console (last bytes):\n%s", tail)
 			}

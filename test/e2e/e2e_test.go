@@ -109,9 +109,9 @@ func TestBoot(t *testing.T) {
 	var boots []boot
 	for _, k := range []struct{ name, path string }{{"pvh", a.vmlinux}, {"bzimage", a.bzImage}} {
 		for _, cpus := range []int{1, 2, 4} {
-			boots = append(boots, boot{fmt.Sprintf("%s/%dcpu", k.name, cpus), k.path, cpus, 256})
+			boots = append(boots, boot{fmt.Sprintf("%s_%dcpu", k.name, cpus), k.path, cpus, 256})
 		}
-		boots = append(boots, boot{k.name + "/mem4096", k.path, 2, 4096})
+		boots = append(boots, boot{k.name + "_mem4096", k.path, 2, 4096})
 	}
 	for _, b := range boots {
 		t.Run(b.name, func(t *testing.T) {

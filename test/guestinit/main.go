@@ -52,6 +52,10 @@ func main() {
 
 	if p.Mode == ModeUname {
 		console(uname(&errs) + "\n")
+		// The kernel's own "reboot: Restarting system" (KERN_EMERG) would
+		// follow the version: console log level 0 silences even that, so the
+		// last line on the console is ours. (syslog(2) cannot go below 1.)
+		os.WriteFile("/proc/sys/kernel/printk", []byte("0"), 0)
 		reboot()
 	}
 

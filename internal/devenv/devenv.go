@@ -1,0 +1,131 @@
+// Package devenv prepares what the developer commands and the e2e tests run:
+// the guest kernel, the test initrd and our static binaries, staged in one
+// directory; and it decides where a Linux guest can run — directly on
+// /dev/kvm when that is hardware KVM, or inside the test host.
+package devenv
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+
+	"github.com/huskvm/husk/internal/kbuild"
+	"github.com/huskvm/husk/internal/testhost"
+	"github.com/huskvm/husk/internal/testutil/kvmtest"
+)
+
+// KernelFragment is the guest kernel's config fragment, relative to the
+// source root.
+const KernelFragment = "guest/kernel/husk.config"
+
+// Kernel builds the guest kernel, or finds it in the cache, and returns the
+// directory holding vmlinux and bzImage.
+func Kernel(ctx context.Context, progress io.Writer) (string, error) {
+	root, err := testhost.SourceRoot()
+	if err != nil {
+		return "", err
+	}
+	r, err := kbuild.Build(ctx, kbuild.Options{Fragment: filepath.Join(root, KernelFragment), Progress: progress})
+	if err != nil {
+		return "", err
+	}
+	return r.Dir, nil
+}
+
+// Artifacts are the files a guest boot needs, staged in one directory.
+type Artifacts struct {
+	Dir     string // holds everything below, by base name
+	VMM     string // husk-vmm, static
+	Vmlinux string
+	BzImage string
+	Initrd  string // the test initrd (test/guestinit as /init)
+}
+
+// Stage builds husk-vmm and the test initrd, builds or finds the kernel, and
+// links (or copies) them into dir, plus any extra files (base name -> path).
+func Stage(ctx context.Context, dir string, progress io.Writer, extra map[string]string) (Artifacts, error) {
+	kdir, err := Kernel(ctx, progress)
+	if err != nil {
+		return Artifacts{}, err
+	}
+	initrd, err := TestInitrd(ctx, progress)
+	if err != nil {
+		return Artifacts{}, err
+	}
+	a := Artifacts{
+		Dir: dir, VMM: filepath.Join(dir, "husk-vmm"), Vmlinux: filepath.Join(dir, "vmlinux"),
+		BzImage: filepath.Join(dir, "bzImage"), Initrd: filepath.Join(dir, "initrd.cpio"),
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return Artifacts{}, err
+	}
+	if err := testhost.GoBuild(ctx, a.VMM, "./cmd/husk-vmm", false); err != nil {
+		return Artifacts{}, err
+	}
+	files := map[string]string{
+		a.Vmlinux: filepath.Join(kdir, "vmlinux"),
+		a.BzImage: filepath.Join(kdir, "bzImage"),
+		a.Initrd:  initrd,
+	}
+	for name, src := range extra {
+		files[filepath.Join(dir, name)] = src
+	}
+	for dst, src := range files {
+		if err := linkOrCopy(src, dst); err != nil {
+			return Artifacts{}, err
+		}
+	}
+	return a, nil
+}
+
+// linkOrCopy makes dst a hard link to src, or a copy where linking fails
+// (another file system).
+func linkOrCopy(src, dst string) error {
+	os.Remove(dst)
+	if err := os.Link(src, dst); err == nil {
+		return nil
+	}
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	st, err := in.Stat()
+	if err != nil {
+		return err
+	}
+	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, st.Mode().Perm())
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		return fmt.Errorf("copy %s: %w", src, err)
+	}
+	return out.Close()
+}
+
+// Placement says where Linux guests run on this machine.
+type Placement struct {
+	// Direct is true when /dev/kvm runs Linux guests at a usable speed.
+	Direct bool
+	// Reason explains the choice in one line.
+	Reason string
+}
+
+// Place decides by trying: it times a short guest loop on /dev/kvm
+// (kvmtest.ProbeSpeed). Hardware KVM runs it in about a millisecond; the
+// nested, software-emulated KVM of the development machines in about a
+// second. No usable /dev/kvm also means the test host.
+func Place() Placement {
+	d, err := kvmtest.ProbeSpeed()
+	switch {
+	case err != nil:
+		return Placement{Reason: fmt.Sprintf("/dev/kvm is not usable here (%v): running the guest inside the test host (QEMU TCG)", err)}
+	case d > kvmtest.LinuxSpeedLimit:
+		return Placement{Reason: fmt.Sprintf("/dev/kvm here runs guest kernel code emulated (probe loop %v, hardware takes ~1ms): running the guest inside the test host (QEMU TCG)", d.Round(1e6))}
+	}
+	return Placement{Direct: true, Reason: fmt.Sprintf("hardware KVM (probe loop %v): running the guest directly", d)}
+}

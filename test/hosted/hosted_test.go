@@ -1,0 +1,63 @@
+// Package hosted runs the e2e tests (test/e2e) where a Linux guest can run:
+// directly on hardware KVM, or inside the test host where /dev/kvm cannot
+// boot Linux at a usable speed. Each e2e test is reported as a subtest of
+// TestE2E either way.
+package hosted
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/huskvm/husk/internal/devenv"
+	"github.com/huskvm/husk/internal/testhost"
+)
+
+// e2eTimeout bounds the whole e2e run, test-host boot included.
+const e2eTimeout = 30 * time.Minute
+
+func TestE2E(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), e2eTimeout)
+	defer cancel()
+	stage := t.TempDir()
+	e2e := filepath.Join(t.TempDir(), "e2e.test")
+	if err := testhost.GoBuild(ctx, e2e, "./test/e2e", true); err != nil {
+		t.Fatal(err)
+	}
+	a, err := devenv.Stage(ctx, stage, testWriter{t}, map[string]string{"e2e.test": e2e})
+	if err != nil {
+		t.Fatal(err)
+	}
+	place := devenv.Place()
+	t.Log(place.Reason)
+	env := func(dir string) []string {
+		return []string{
+			"HUSK_VMM=" + filepath.Join(dir, filepath.Base(a.VMM)),
+			"HUSK_VMLINUX=" + filepath.Join(dir, filepath.Base(a.Vmlinux)),
+			"HUSK_BZIMAGE=" + filepath.Join(dir, filepath.Base(a.BzImage)),
+			"HUSK_INITRD=" + filepath.Join(dir, filepath.Base(a.Initrd)),
+		}
+	}
+	if place.Direct {
+		testhost.RunGoTestDirect(t, filepath.Join(stage, "e2e.test"), append(os.Environ(), env(stage)...), e2eTimeout)
+		return
+	}
+	const inside = "/artifacts/e2e"
+	testhost.RunGoTest(t, testhost.Spec{
+		Disks:    []testhost.Disk{{Name: "e2e", Path: stage}},
+		Args:     []string{filepath.Join(inside, "e2e.test"), "-test.count=1"},
+		Env:      append(env(inside), "CI="+os.Getenv("CI")),
+		Timeout:  e2eTimeout,
+		Progress: testWriter{t},
+	})
+}
+
+// testWriter logs progress lines to the test.
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(string(p))
+	return len(p), nil
+}
