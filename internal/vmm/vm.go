@@ -136,6 +136,7 @@ func (v *VM) setupMemory() error {
 		}); err != nil {
 			return err
 		}
+		v.log.Debug("guest_ram", "slot", i, "gpa", r.GPA, "size", r.Size, "host_addr", r.HostAddr())
 	}
 	mp, err := x86.MPTable(v.cfg.VCPUs)
 	if err != nil {
