@@ -211,12 +211,12 @@ func TestInitrdTooBig(t *testing.T) {
 	}
 }
 
-// FuzzLoad feeds arbitrary kernel images to the loader: it must return an
+// fuzzLoader feeds arbitrary kernel images to one loader: it must return an
 // error or an image inside guest RAM, never panic.
-func FuzzLoad(f *testing.F) {
-	f.Add(testELF(0x1000000, 0x1000000, []byte{0xf4}, 100))
-	f.Add(testBzImage(3, 4096))
-	f.Add(testBzImage(0, 600))
+func fuzzLoader(f *testing.F, load func(*guestmem.Memory, Params, int64) (*Image, error), seeds ...[]byte) {
+	for _, s := range seeds {
+		f.Add(s)
+	}
 	fd, err := unix.MemfdCreate("fuzz", unix.MFD_CLOEXEC)
 	if err != nil {
 		f.Fatal(err)
@@ -237,12 +237,20 @@ func FuzzLoad(f *testing.F) {
 			t.Fatal(err)
 		}
 		defer mem.Close()
-		img, err := Load(mem, params(file, nil, "console=ttyS0"))
+		img, err := load(mem, params(file, nil, "console=ttyS0"), int64(len(data)))
 		if err != nil {
 			return
 		}
-		if img.KernelEnd > testMem || img.Entry == 0 && img.Protocol == Linux64 {
+		if img.KernelEnd > testMem || img.Entry >= testMem {
 			t.Fatalf("image outside RAM: %+v", img)
 		}
 	})
+}
+
+func FuzzLoadPVH(f *testing.F) {
+	fuzzLoader(f, loadPVH, testELF(0x1000000, 0x1000000, []byte{0xf4}, 100), testELF(0x200000, 0x200010, make([]byte, 5000), 0))
+}
+
+func FuzzLoadBzImage(f *testing.F) {
+	fuzzLoader(f, loadBzImage, testBzImage(3, 4096), testBzImage(0, 600))
 }

@@ -160,8 +160,12 @@ func loadPVH(mem *guestmem.Memory, p Params, size int64) (*Image, error) {
 		}
 		end = max(end, s.paddr+s.memsz)
 	}
-	if entry >= 1<<32 {
-		return nil, fmt.Errorf("PVH entry %#x is not a 32-bit address", entry)
+	inside := false
+	for _, s := range segs {
+		inside = inside || entry >= s.paddr && entry-s.paddr < s.filesz
+	}
+	if entry >= 1<<32 || !inside {
+		return nil, fmt.Errorf("PVH entry %#x is not a 32-bit address inside the loaded kernel", entry)
 	}
 	if err := writeCmdline(mem, p, p.CmdlineMax); err != nil {
 		return nil, err

@@ -214,3 +214,33 @@ type recorder struct{ off uint64 }
 
 func (r *recorder) Read(off uint64, data []byte)  { r.off = off }
 func (r *recorder) Write(off uint64, data []byte) { r.off = off }
+
+func countDir(t *testing.T, dir string) int {
+	t.Helper()
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(ents)
+}
+
+// TestNoLeaks boots and tears down VMs repeatedly: file descriptors must
+// come back to where they were, and the vCPU threads (locked, so they die
+// with their goroutines) must not pile up.
+func TestNoLeaks(t *testing.T) {
+	kvmtest.RequireKVM(t)
+	code := append(puts("x"), i8042Reset...)
+	runGuest(t, pvhKernel(code), 4, 30*time.Second) // warm up the runtime's thread pool
+	fds, threads := countDir(t, "/proc/self/fd"), countDir(t, "/proc/self/task")
+	for i := 0; i < 5; i++ {
+		if _, err := runGuest(t, pvhKernel(code), 4, 30*time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := countDir(t, "/proc/self/fd"); got != fds {
+		t.Errorf("open fds %d after 5 VMs, %d before", got, fds)
+	}
+	if got := countDir(t, "/proc/self/task"); got > threads+2 {
+		t.Errorf("threads %d after 5 VMs of 4 vCPUs, %d before", got, threads)
+	}
+}
