@@ -167,10 +167,7 @@ func (v *VM) loadKernel() error {
 		defer initrd.Close()
 	}
 	ram := v.mem.Regions()
-	var mm []boot.MemEntry
-	for _, e := range x86.MemoryMap(rangesOf(ram)) {
-		mm = append(mm, boot.MemEntry{Addr: e.Addr, Size: e.Size, Type: e.Type})
-	}
+	mm := x86.MemoryMap(rangesOf(ram))
 	v.image, err = boot.Load(v.mem, boot.Params{
 		Kernel: kernel, Initrd: initrd, Cmdline: v.cfg.Cmdline, MemMap: mm,
 		CmdlineAddr: x86.CmdlineAddr, CmdlineMax: x86.CmdlineMax,

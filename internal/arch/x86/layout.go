@@ -7,6 +7,7 @@ package x86
 import (
 	"fmt"
 
+	"github.com/huskvm/husk/internal/boot"
 	"github.com/huskvm/husk/internal/guestmem"
 )
 
@@ -75,18 +76,6 @@ const (
 	MaxVCPUs = 32
 )
 
-// E820 memory types.
-const (
-	E820RAM      = 1
-	E820Reserved = 2
-)
-
-// MemEntry is one entry of the guest's memory map.
-type MemEntry struct {
-	Addr, Size uint64
-	Type       uint32
-}
-
 // RAMRanges returns the guest RAM regions for memBytes of RAM: from 0 up to
 // the MMIO hole, and the rest from 4 GiB.
 func RAMRanges(memBytes uint64) ([]guestmem.Range, error) {
@@ -105,25 +94,17 @@ func RAMRanges(memBytes uint64) ([]guestmem.Range, error) {
 // MemoryMap returns the e820-style map the guest is told about: conventional
 // memory up to the EBDA, the EBDA, VGA and BIOS holes reserved, RAM from 1 MiB
 // to the end of the first region, and any region above 4 GiB.
-func MemoryMap(ram []guestmem.Range) []MemEntry {
-	m := []MemEntry{
-		{Addr: 0, Size: EBDAStart, Type: E820RAM},
-		{Addr: EBDAStart, Size: VGAStart - EBDAStart, Type: E820Reserved},
-		{Addr: BIOSROMStart, Size: HighMemStart - BIOSROMStart, Type: E820Reserved},
+func MemoryMap(ram []guestmem.Range) []boot.MemEntry {
+	m := []boot.MemEntry{
+		{Addr: 0, Size: EBDAStart, Type: boot.E820RAM},
+		{Addr: EBDAStart, Size: VGAStart - EBDAStart, Type: boot.E820Reserved},
+		{Addr: BIOSROMStart, Size: HighMemStart - BIOSROMStart, Type: boot.E820Reserved},
 	}
 	for _, r := range ram {
 		start := max(r.GPA, HighMemStart)
 		if r.End() > start {
-			m = append(m, MemEntry{Addr: start, Size: r.End() - start, Type: E820RAM})
+			m = append(m, boot.MemEntry{Addr: start, Size: r.End() - start, Type: boot.E820RAM})
 		}
 	}
 	return m
-}
-
-// LowRAMEnd returns the end of the RAM region that starts at 0.
-func LowRAMEnd(ram []guestmem.Range) uint64 {
-	if len(ram) == 0 {
-		return 0
-	}
-	return ram[0].End()
 }

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"testing"
 
+	"github.com/huskvm/husk/internal/boot"
 	"github.com/huskvm/husk/internal/kvm"
 )
 
@@ -160,7 +161,7 @@ func TestMemoryLayout(t *testing.T) {
 	mm := MemoryMap(big)
 	var ram uint64
 	for i, e := range mm {
-		if e.Type == E820RAM {
+		if e.Type == boot.E820RAM {
 			ram += e.Size
 		}
 		if i > 0 && e.Addr < mm[i-1].Addr+mm[i-1].Size {
