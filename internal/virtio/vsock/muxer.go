@@ -141,11 +141,27 @@ func NewMuxer(cfg Config) (*Muxer, error) {
 func (m *Muxer) Close() error {
 	m.mu.Lock()
 	m.closed = true
+	m.mu.Unlock()
+	m.dropAll()
+	return m.listener.Close()
+}
+
+// dropAll closes every connection and forgets queued packets, as after a
+// device reset.
+func (m *Muxer) dropAll() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
 	for _, c := range m.conns {
 		m.drop(c)
 	}
-	m.mu.Unlock()
-	return m.listener.Close()
+	m.ctrl, m.ready = nil, nil
+}
+
+// pending reports whether NextToGuest may have a packet.
+func (m *Muxer) pending() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return len(m.ctrl) > 0 || len(m.ready) > 0
 }
 
 // Conns returns the number of open or pending connections.
