@@ -14,6 +14,8 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -50,6 +52,17 @@ func run() error {
 	flag.StringVar(&console, "console", "-", `where the guest's serial console goes: "-" for stdout (stdin feeds its input), "none", or a file`)
 	flag.DurationVar(&timeout, "timeout", 0, "stop the guest after this long (0: no limit)")
 	flag.TextVar(&logLevel, "log-level", slog.LevelWarn, "log level: debug, info, warn, error")
+	flag.Func("disk", "a virtio-blk disk, PATH[,ro][,overlay=FILE][,serial=ID]; repeat for vdb, vdc, …\n(with overlay=, PATH is a read-only base and writes go to FILE, created if absent)", func(v string) error {
+		d, err := parseDisk(v)
+		cfg.Disks = append(cfg.Disks, d)
+		return err
+	})
+	flag.Func("vsock", "a virtio-vsock device, cid=N,socket=PATH (host side: Firecracker's CONNECT convention)", func(v string) error {
+		s, err := parseVsock(v)
+		cfg.Vsock = s
+		return err
+	})
+	flag.BoolVar(&cfg.RNG, "rng", false, "add a virtio-rng device")
 	flag.Parse()
 	if flag.NArg() != 0 {
 		return fmt.Errorf("unexpected arguments %q", flag.Args())
@@ -81,11 +94,54 @@ func run() error {
 		return err
 	}
 	defer vm.Close()
-	if err := vm.Run(ctx); err != nil {
-		if errors.Is(err, context.Canceled) {
-			return errors.New("stopped by signal")
-		}
-		return err
+	err = vm.Run(ctx)
+	st := vm.Stats()
+	cfg.Log.Info("vm_stopped", "rng_bytes", st.RNGBytes, "vsock_conns", st.VsockConns)
+	if errors.Is(err, context.Canceled) {
+		return errors.New("stopped by signal")
 	}
-	return nil
+	return err
+}
+
+// parseDisk parses PATH[,ro][,overlay=FILE][,serial=ID].
+func parseDisk(v string) (vmm.Disk, error) {
+	parts := strings.Split(v, ",")
+	d := vmm.Disk{Path: parts[0]}
+	for _, p := range parts[1:] {
+		switch k, val, _ := strings.Cut(p, "="); k {
+		case "ro":
+			d.ReadOnly = true
+		case "overlay":
+			d.Overlay = val
+		case "serial":
+			d.Serial = val
+		default:
+			return d, fmt.Errorf("disk option %q: want ro, overlay= or serial=", p)
+		}
+	}
+	if d.Path == "" {
+		return d, errors.New("disk needs a path")
+	}
+	return d, nil
+}
+
+// parseVsock parses cid=N,socket=PATH.
+func parseVsock(v string) (*vmm.Vsock, error) {
+	s := &vmm.Vsock{}
+	for _, p := range strings.Split(v, ",") {
+		k, val, _ := strings.Cut(p, "=")
+		switch k {
+		case "cid":
+			n, err := strconv.ParseUint(val, 10, 32)
+			if err != nil {
+				return nil, fmt.Errorf("vsock cid %q: %w", val, err)
+			}
+			s.CID = n
+		case "socket":
+			s.Path = val
+		default:
+			return nil, fmt.Errorf("vsock option %q: want cid= or socket=", p)
+		}
+	}
+	return s, nil
 }

@@ -36,6 +36,12 @@ type Config struct {
 	ConsoleIn io.Reader
 	// Log receives the VMM's own log records; nil discards them.
 	Log *slog.Logger
+	// Disks are virtio-blk disks: /dev/vda, /dev/vdb, … in order.
+	Disks []Disk
+	// Vsock, if set, is the VM's vsock device.
+	Vsock *Vsock
+	// RNG adds a virtio-rng device fed from the host's crypto/rand.
+	RNG bool
 }
 
 // MaxMemMiB caps guest RAM (256 GiB).
@@ -52,6 +58,16 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("memory %d MiB out of range 16..%d", c.MemMiB, MaxMemMiB)
 	case len(c.Cmdline) >= x86.CmdlineMax:
 		return fmt.Errorf("command line of %d bytes exceeds %d", len(c.Cmdline), x86.CmdlineMax-1)
+	case c.Vsock != nil && (c.Vsock.CID < 3 || c.Vsock.CID > 0xffffffff || c.Vsock.Path == ""):
+		return fmt.Errorf("vsock needs a CID of 3..2^32-1 and a socket path (got %d, %q)", c.Vsock.CID, c.Vsock.Path)
+	}
+	for i, d := range c.Disks {
+		if d.Path == "" {
+			return fmt.Errorf("disk %d has no path", i)
+		}
+		if d.Overlay != "" && d.ReadOnly {
+			return fmt.Errorf("disk %d: an overlay exists to take writes; drop ro or the overlay", i)
+		}
 	}
 	return nil
 }

@@ -17,6 +17,8 @@ import (
 	"github.com/huskvm/husk/internal/eventfd"
 	"github.com/huskvm/husk/internal/guestmem"
 	"github.com/huskvm/husk/internal/kvm"
+	"github.com/huskvm/husk/internal/virtio/rng"
+	"github.com/huskvm/husk/internal/virtio/vsock"
 )
 
 // COM1 is the console UART's port base.
@@ -47,6 +49,11 @@ type VM struct {
 	console   *panicWatcher
 	uart      *serial.UART
 	serialIRQ *eventfd.EventFD
+
+	virtio        []*virtioDev
+	deviceCmdline []string // virtio_mmio.device= announcements
+	rng           *rng.Device
+	vsock         *vsock.Device
 
 	vcpus []*vcpu
 
@@ -91,10 +98,13 @@ func New(cfg Config) (_ *VM, err error) {
 	if err := v.setupMemory(); err != nil {
 		return nil, err
 	}
-	if err := v.loadKernel(); err != nil {
+	if err := v.setupDevices(); err != nil {
 		return nil, err
 	}
-	if err := v.setupDevices(); err != nil {
+	if err := v.setupVirtio(); err != nil {
+		return nil, err
+	}
+	if err := v.loadKernel(); err != nil {
 		return nil, err
 	}
 	supported, err := v.sys.SupportedCPUID()
@@ -169,7 +179,7 @@ func (v *VM) loadKernel() error {
 	ram := v.mem.Regions()
 	mm := x86.MemoryMap(rangesOf(ram))
 	v.image, err = boot.Load(v.mem, boot.Params{
-		Kernel: kernel, Initrd: initrd, Cmdline: v.cfg.Cmdline, MemMap: mm,
+		Kernel: kernel, Initrd: initrd, Cmdline: v.cmdline(), MemMap: mm,
 		CmdlineAddr: x86.CmdlineAddr, CmdlineMax: x86.CmdlineMax,
 		StartInfoAddr: x86.StartInfoAddr, ZeroPageAddr: x86.ZeroPageAddr,
 		HighMemStart: x86.HighMemStart, InitrdMax: ram[0].End(),
@@ -273,6 +283,8 @@ func (v *VM) Close() error {
 	if v.uart != nil {
 		v.uart.Close()
 	}
+	// Device workers may touch guest memory until they stop.
+	errs = append(errs, v.closeVirtio())
 	if v.serialIRQ != nil {
 		errs = append(errs, v.serialIRQ.Close())
 	}
