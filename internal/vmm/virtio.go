@@ -144,9 +144,24 @@ func (v *VM) addVirtio(dev virtio.Device) error {
 }
 
 // cmdline returns the kernel command line: the configured one plus the
-// virtio-mmio device announcements.
+// virtio-mmio device announcements, which go before a "--" (what follows it
+// are arguments for init, not for the kernel).
 func (v *VM) cmdline() string {
-	return strings.Join(append([]string{v.cfg.Cmdline}, v.deviceCmdline...), " ")
+	return insertKernelArgs(v.cfg.Cmdline, v.deviceCmdline)
+}
+
+// insertKernelArgs adds args to cmdline ahead of its first "--" word.
+func insertKernelArgs(cmdline string, args []string) string {
+	if len(args) == 0 {
+		return cmdline
+	}
+	words := strings.Split(cmdline, " ")
+	for i, w := range words {
+		if w == "--" {
+			return strings.Join(append(append(words[:i:i], args...), words[i:]...), " ")
+		}
+	}
+	return strings.Join(append([]string{cmdline}, args...), " ")
 }
 
 // closeVirtio stops every device's worker (and flushes disks) before guest

@@ -244,3 +244,19 @@ func TestNoLeaks(t *testing.T) {
 		t.Errorf("threads %d after 5 VMs of 4 vCPUs, %d before", got, threads)
 	}
 }
+
+func TestInsertKernelArgs(t *testing.T) {
+	dev := []string{"virtio_mmio.device=4K@0xd0000000:5"}
+	for _, tc := range []struct{ in, want string }{
+		{"console=ttyS0", "console=ttyS0 virtio_mmio.device=4K@0xd0000000:5"},
+		{"root=/dev/vda init=/bin/sh -- -c \"a -- b\"", "root=/dev/vda init=/bin/sh virtio_mmio.device=4K@0xd0000000:5 -- -c \"a -- b\""},
+		{"-- x", "virtio_mmio.device=4K@0xd0000000:5 -- x"},
+	} {
+		if got := insertKernelArgs(tc.in, dev); got != tc.want {
+			t.Errorf("insertKernelArgs(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+	if got := insertKernelArgs("a -- b", nil); got != "a -- b" {
+		t.Errorf("no args changed the line: %q", got)
+	}
+}
