@@ -14,7 +14,7 @@ FUZZTIME ?= 10s
 
 # Debian packages the build and the tests need.
 DEBS := qemu-system-x86 linux-source-6.1 build-essential flex bison bc libelf-dev \
-	libssl-dev cpio e2fsprogs xz-utils zstd kmod
+	libssl-dev cpio e2fsprogs xz-utils zstd kmod mmdebstrap
 
 # Everything but the e2e package, which runs through test/hosted.
 UNIT_PKGS = $(shell $(GO) list ./... | grep -v -e /test/e2e -e /test/hosted)

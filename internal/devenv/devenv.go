@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 
 	"github.com/huskvm/husk/internal/kbuild"
+	"github.com/huskvm/husk/internal/template"
 	"github.com/huskvm/husk/internal/testhost"
 	"github.com/huskvm/husk/internal/testutil/kvmtest"
 )
@@ -32,6 +33,20 @@ func Kernel(ctx context.Context, progress io.Writer) (string, error) {
 		return "", err
 	}
 	return r.Dir, nil
+}
+
+// Rootfs builds the named template (guest/templates/<name>.json), or finds
+// it in the cache, and returns its image.
+func Rootfs(ctx context.Context, name string, progress io.Writer) (string, error) {
+	root, err := testhost.SourceRoot()
+	if err != nil {
+		return "", err
+	}
+	r, err := template.Build(ctx, template.Options{Recipe: template.RecipePath(root, name), Progress: progress})
+	if err != nil {
+		return "", err
+	}
+	return r.Image, nil
 }
 
 // Artifacts are the files a guest boot needs, staged in one directory.

@@ -51,11 +51,12 @@ func RunGoTest(t *testing.T, spec Spec) {
 }
 
 // RunGoTestDirect is RunGoTest for a test binary that runs on this machine
-// (where KVM runs Linux guests itself), with environment env.
-func RunGoTestDirect(t *testing.T, binary string, env []string, timeout time.Duration) {
+// (where KVM runs Linux guests itself), with environment env and extra
+// arguments.
+func RunGoTestDirect(t *testing.T, binary string, env []string, timeout time.Duration, extra ...string) {
 	t.Helper()
 	timeout = testTimeout(t, timeout)
-	args := goTestArgs([]string{binary, "-test.count=1"}, timeout)
+	args := goTestArgs(append([]string{binary, "-test.count=1"}, extra...), timeout)
 	mirrorGoTest(t, binary, nil, nil, func(stdout, stderr io.Writer) (int, error) {
 		cmd := exec.CommandContext(t.Context(), args[0], args[1:]...)
 		cmd.Env, cmd.Stdout, cmd.Stderr = env, stdout, stderr

@@ -27,7 +27,11 @@ func TestE2E(t *testing.T) {
 	if err := testhost.GoBuild(ctx, e2e, "./test/e2e", true); err != nil {
 		t.Fatal(err)
 	}
-	a, err := devenv.Stage(ctx, stage, testWriter{t}, map[string]string{"e2e.test": e2e})
+	rootfs, err := devenv.Rootfs(ctx, "minimal", testWriter{t})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := devenv.Stage(ctx, stage, testWriter{t}, map[string]string{"e2e.test": e2e, "minimal.ext4": rootfs})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -39,16 +43,22 @@ func TestE2E(t *testing.T) {
 			"HUSK_VMLINUX=" + filepath.Join(dir, filepath.Base(a.Vmlinux)),
 			"HUSK_BZIMAGE=" + filepath.Join(dir, filepath.Base(a.BzImage)),
 			"HUSK_INITRD=" + filepath.Join(dir, filepath.Base(a.Initrd)),
+			"HUSK_ROOTFS=" + filepath.Join(dir, "minimal.ext4"),
 		}
 	}
+	// HUSK_E2E_RUN selects inner tests, as -run would.
+	var run []string
+	if r := os.Getenv("HUSK_E2E_RUN"); r != "" {
+		run = []string{"-test.run=" + r}
+	}
 	if place.Direct {
-		testhost.RunGoTestDirect(t, filepath.Join(stage, "e2e.test"), append(os.Environ(), env(stage)...), e2eTimeout)
+		testhost.RunGoTestDirect(t, filepath.Join(stage, "e2e.test"), append(os.Environ(), env(stage)...), e2eTimeout, run...)
 		return
 	}
 	const inside = "/artifacts/e2e"
 	testhost.RunGoTest(t, testhost.Spec{
 		Disks:    []testhost.Disk{{Name: "e2e", Path: stage}},
-		Args:     []string{filepath.Join(inside, "e2e.test"), "-test.count=1"},
+		Args:     append([]string{filepath.Join(inside, "e2e.test"), "-test.count=1"}, run...),
 		Env:      append(env(inside), "CI="+os.Getenv("CI")),
 		Timeout:  e2eTimeout,
 		Progress: testWriter{t},
