@@ -14,7 +14,7 @@ FUZZTIME ?= 10s
 
 # Debian packages the build and the tests need.
 DEBS := qemu-system-x86 linux-source-6.1 build-essential flex bison bc libelf-dev \
-	libssl-dev cpio e2fsprogs xz-utils zstd kmod mmdebstrap
+	libssl-dev cpio e2fsprogs xz-utils zstd kmod mmdebstrap protobuf-compiler libprotobuf-dev
 
 # Everything but the e2e package, which runs through test/hosted.
 UNIT_PKGS = $(shell $(GO) list ./... | grep -v -e /test/e2e -e /test/hosted)
@@ -46,6 +46,7 @@ test: deps build lint unit fuzz e2e
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+	bash internal/envd/gen.sh check
 
 unit:
 	$(GO) test -race -count=1 $(UNIT_PKGS)
