@@ -249,7 +249,15 @@ report('TOKEN', os.pread(fd, `+strconv.Itoa(len(tok))+`, 0x5000).decode())`)
 
 // vsockBytes is how much each bulk transfer moves: 32 MiB keeps CI inside
 // its time in the nested test host (256 MiB took minutes each way there).
-const vsockBytes = 32 << 20
+var vsockBytes = envMiB("HUSK_E2E_VSOCK_MIB", 32) << 20
+
+// envMiB reads a size in MiB from the environment.
+func envMiB(name string, def int) int {
+	if n, err := strconv.Atoi(os.Getenv(name)); err == nil && n > 0 {
+		return n
+	}
+	return def
+}
 
 // TestVsock: a round trip the host starts, and a bulk transfer each way
 // where the sender closes right after its last write and the receiver reads

@@ -59,7 +59,7 @@ func TestE2E(t *testing.T) {
 	testhost.RunGoTest(t, testhost.Spec{
 		Disks:    []testhost.Disk{{Name: "e2e", Path: stage}},
 		Args:     append([]string{filepath.Join(inside, "e2e.test"), "-test.count=1"}, run...),
-		Env:      append(env(inside), "CI="+os.Getenv("CI")),
+		Env:      append(env(inside), "CI="+os.Getenv("CI"), "HUSK_E2E_VSOCK_MIB="+os.Getenv("HUSK_E2E_VSOCK_MIB")),
 		Timeout:  e2eTimeout,
 		Progress: testWriter{t},
 	})

@@ -93,10 +93,11 @@ func (d *Device) process(a *virtio.Activation) {
 }
 
 // fillRX hands the Muxer's pending packets to the guest while it has RX
-// buffers; when it runs out, the guest's next kick wakes the worker again.
+// buffers. It always leaves with notifications enabled, so that when it ran
+// out of buffers the guest's next refill kicks the worker again.
 func (d *Device) fillRX(a *virtio.Activation) {
 	q := a.Queues[rxQueue]
-	for !a.Stopped() && d.mux.pending() {
+	for !a.Stopped() {
 		q.DisableNotification()
 		for !a.Stopped() && d.mux.pending() {
 			c, err := q.Pop()
@@ -129,12 +130,9 @@ func (d *Device) fillRX(a *virtio.Activation) {
 			a.Fail()
 			return
 		}
-		if !more {
+		if !more || !d.mux.pending() {
 			return
 		}
-	}
-	if q.NeedsInterrupt() {
-		a.Interrupt.UsedBuffer()
 	}
 }
 

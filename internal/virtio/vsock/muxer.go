@@ -281,7 +281,7 @@ func (m *Muxer) FromGuest(h Header, payload []byte) {
 	}
 	if c == nil {
 		if h.Op == opRequest {
-			m.guestConnect(k)
+			m.guestConnect(k, h)
 		} else if h.Op != opRst {
 			m.rstFor(k)
 		}
@@ -328,13 +328,15 @@ func (m *Muxer) FromGuest(h Header, payload []byte) {
 	}
 }
 
-// guestConnect dials <path>_<port> for a guest REQUEST. Preconditions: m.mu held.
-func (m *Muxer) guestConnect(k connKey) {
+// guestConnect dials <path>_<port> for the guest REQUEST h, whose header
+// also carries the guest's first credit. Preconditions: m.mu held.
+func (m *Muxer) guestConnect(k connKey, h Header) {
 	if m.closed || len(m.conns) >= m.maxConns {
 		m.rstFor(k)
 		return
 	}
 	c := m.newConn(k, nil)
+	c.peerAlloc, c.peerFwd = h.BufAlloc, h.FwdCnt
 	go func() {
 		d := net.Dialer{Timeout: connectTimeout}
 		s, err := d.Dial("unix", fmt.Sprintf("%s_%d", m.path, k.local))

@@ -147,6 +147,12 @@ func TestGuestInitiated(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
+	// The guest's credit came with its REQUEST: host bytes flow before the
+	// guest sends anything else.
+	c.Write([]byte("first"))
+	if h, p := g.recv(); h.Op != opRW || string(p) != "first" {
+		t.Fatalf("guest got %+v %q", h, p)
+	}
 	g.send(opRW, 5000, 777, 0, 0, []byte("hello host"))
 	got := make([]byte, 10)
 	if _, err := io.ReadFull(c, got); err != nil || string(got) != "hello host" {
