@@ -25,7 +25,7 @@ all: build
 
 build:
 	@mkdir -p bin
-	$(GOFLAGS_STATIC) $(GO) build -trimpath -o bin/husk-vmm ./cmd/husk-vmm
+	$(GOFLAGS_STATIC) $(GO) build -trimpath -ldflags='-X=runtime.godebugDefault=disablethp=1' -o bin/husk-vmm ./cmd/husk-vmm
 	$(GO) build -o bin/husk-dev ./cmd/husk-dev
 
 deps:

@@ -65,8 +65,9 @@ func goTool() string {
 // root such as "./test/hostinit") into the static linux/amd64 executable
 // out: CGO_ENABLED=0, -trimpath, -ldflags='-s -w'. With test set it builds
 // the package's test binary (go test -c), as RunGoTest runs it. Packages
-// under testdata directories build too when named by path.
-func GoBuild(ctx context.Context, out, pkg string, test bool) error {
+// under testdata directories build too when named by path. ldflags are
+// added to the linker flags.
+func GoBuild(ctx context.Context, out, pkg string, test bool, ldflags ...string) error {
 	root, err := SourceRoot()
 	if err != nil {
 		return err
@@ -79,7 +80,7 @@ func GoBuild(ctx context.Context, out, pkg string, test bool) error {
 	if test {
 		args = []string{"test", "-c"}
 	}
-	args = append(args, "-trimpath", "-ldflags=-s -w", "-o", out, pkg)
+	args = append(args, "-trimpath", "-ldflags="+strings.Join(append([]string{"-s", "-w"}, ldflags...), " "), "-o", out, pkg)
 	cmd := exec.CommandContext(ctx, goTool(), args...)
 	cmd.Dir = root
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64")
