@@ -235,6 +235,10 @@ func compare(c config) error {
 		for _, k := range order {
 			s := specs[k]
 			r := boot(s)
+			if r.Outcome == outcomeStuck {
+				reportFailure(s, r)
+				return fmt.Errorf("%s: %v: stopping", s.Name, r.Err)
+			}
 			if r.Outcome != outcomeOK {
 				failures++
 				parts = append(parts, fmt.Sprintf("%s %s: %v", s.Name, r.Outcome, r.Err))
@@ -405,6 +409,9 @@ func hangRate(c config) error {
 		s.FindRAM = nil
 		r := boot(s)
 		switch r.Outcome {
+		case outcomeStuck:
+			reportFailure(s, r)
+			return fmt.Errorf("boot %d: %s: %v: stopping", i+1, s.Name, r.Err)
 		case outcomeOK:
 			all = append(all, r.Boot.Seconds())
 			byCPUs[n] = append(byCPUs[n], r.Boot.Seconds())

@@ -39,6 +39,16 @@ const (
 	outcomeOK   = "ok"
 	outcomeHang = "hang" // no marker, or no exit after it, within the timeout
 	outcomeFail = "fail" // exited early or unsuccessfully, or could not be measured
+	// outcomeStuck: the VMM outlived SIGKILL (a thread stuck in the kernel)
+	// or blocked reads of its /proc files; the bench cannot go on.
+	outcomeStuck = "stuck"
+)
+
+// Bounds on the steps after a boot that the VMM's state could block.
+const (
+	reapTimeout   = 30 * time.Second // SIGKILL to exit
+	sampleTimeout = 30 * time.Second // reading /proc/PID/{status,smaps,pagemap}
+	diagTimeout   = 30 * time.Second // diagnoseHang
 )
 
 type bootResult struct {
@@ -134,8 +144,10 @@ func boot(s bootSpec) (r bootResult) {
 		return bootResult{Outcome: outcomeFail, Err: fmt.Errorf("exited before the init marker: %v", exitText(err))}
 	case <-timer.C:
 		r.Outcome, r.Err = outcomeHang, fmt.Errorf("no init marker within %v", s.Timeout)
-		r.Diag = diagnoseHang(cmd.Process.Pid)
-		stopHung(cmd, exited)
+		r.Diag = diagnose(s.Name, cmd.Process.Pid, r.Err)
+		if err := stopHung(cmd, exited); err != nil {
+			r.Outcome, r.Err = outcomeStuck, fmt.Errorf("%v, and then %w", r.Err, err)
+		}
 		finish()
 		return r
 	}
@@ -147,16 +159,33 @@ func boot(s bootSpec) (r bootResult) {
 		}
 	}
 	if s.FindRAM != nil {
-		r.Mem, err = sampleMem(cmd.Process.Pid, func(vmas []vma) ([]addrRange, error) {
-			return s.FindRAM(waitFor(stderr, guestRAMLine.Match), vmas)
-		})
-		if err != nil {
-			r.Outcome, r.Err = outcomeFail, fmt.Errorf("memory at the marker: %w", err)
+		type sample struct {
+			m   memSample
+			err error
+		}
+		done := make(chan sample, 1)
+		go func() {
+			m, err := sampleMem(cmd.Process.Pid, func(vmas []vma) ([]addrRange, error) {
+				return s.FindRAM(waitFor(stderr, guestRAMLine.Match), vmas)
+			})
+			done <- sample{m, err}
+		}()
+		select {
+		case d := <-done:
+			r.Mem = d.m
+			if d.err != nil {
+				r.Outcome, r.Err = outcomeFail, fmt.Errorf("memory at the marker: %w", d.err)
+			}
+		case <-time.After(sampleTimeout):
+			r.Outcome, r.Err = outcomeStuck, fmt.Errorf("reading the VMM's /proc files blocked for %v", sampleTimeout)
+			r.Diag = diagnose(s.Name, cmd.Process.Pid, r.Err)
 		}
 	}
 	if !s.WaitExit {
-		cmd.Process.Kill()
-		<-exited
+		if err := reap(cmd, exited); err != nil {
+			r.Outcome, r.Err = outcomeStuck, err
+			r.Diag += diagnose(s.Name, cmd.Process.Pid, err)
+		}
 		finish()
 		if r.Outcome == "" {
 			r.Outcome = outcomeOK
@@ -173,8 +202,10 @@ func boot(s bootSpec) (r bootResult) {
 		}
 	case <-timer.C:
 		r.Outcome, r.Err = outcomeHang, fmt.Errorf("no exit within %v after the init marker", s.Timeout)
-		r.Diag = diagnoseHang(cmd.Process.Pid)
-		stopHung(cmd, exited)
+		r.Diag = diagnose(s.Name, cmd.Process.Pid, r.Err)
+		if err := stopHung(cmd, exited); err != nil {
+			r.Outcome, r.Err = outcomeStuck, fmt.Errorf("%v, and then %w", r.Err, err)
+		}
 		finish()
 	}
 	if r.Outcome == "" {
@@ -186,13 +217,39 @@ func boot(s bootSpec) (r bootResult) {
 // stopHung asks a hung VMM for a goroutine dump (SIGQUIT: a Go program
 // prints every goroutine's stack and exits; QEMU just exits) and kills it if
 // it is still there 3 s later.
-func stopHung(cmd *exec.Cmd, exited <-chan error) {
+func stopHung(cmd *exec.Cmd, exited <-chan error) error {
 	cmd.Process.Signal(syscall.SIGQUIT)
 	select {
 	case <-exited:
+		return nil
 	case <-time.After(3 * time.Second):
-		cmd.Process.Kill()
-		<-exited
+		return reap(cmd, exited)
+	}
+}
+
+// reap SIGKILLs the VMM and waits, within reapTimeout, for it to be gone.
+func reap(cmd *exec.Cmd, exited <-chan error) error {
+	cmd.Process.Kill()
+	select {
+	case <-exited:
+		return nil
+	case <-time.After(reapTimeout):
+		return fmt.Errorf("the VMM (pid %d) is still there %v after SIGKILL", cmd.Process.Pid, reapTimeout)
+	}
+}
+
+// diagnose says on stderr at once that a boot went wrong (the report with
+// the details comes later), and returns diagnoseHang's description, or
+// what it got to within diagTimeout.
+func diagnose(name string, pid int, why error) string {
+	fmt.Fprintf(os.Stderr, "bootbench: %s (pid %d): %v; diagnosing\n", name, pid, why)
+	done := make(chan string, 1)
+	go func() { done <- diagnoseHang(pid) }()
+	select {
+	case d := <-done:
+		return d
+	case <-time.After(diagTimeout):
+		return fmt.Sprintf("diagnosis of pid %d blocked for %v\n", pid, diagTimeout)
 	}
 }
 
