@@ -26,6 +26,8 @@ all: build
 build:
 	@mkdir -p bin
 	$(GOFLAGS_STATIC) $(GO) build -trimpath -ldflags='-X=runtime.godebugDefault=disablethp=1' -o bin/husk-vmm ./cmd/husk-vmm
+	$(GOFLAGS_STATIC) $(GO) build -trimpath -o bin/husk-agent ./cmd/husk-agent
+	$(GOFLAGS_STATIC) $(GO) build -o bin/husk ./cmd/husk
 	$(GO) build -o bin/husk-dev ./cmd/husk-dev
 
 deps:

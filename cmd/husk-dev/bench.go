@@ -16,6 +16,7 @@ import (
 
 	"github.com/huskvm/husk/bench/qemubundle"
 	"github.com/huskvm/husk/internal/devenv"
+	"github.com/huskvm/husk/internal/sandbox"
 	"github.com/huskvm/husk/internal/testhost"
 )
 
@@ -70,7 +71,7 @@ func benchBootCmd(args []string) error {
 	if err != nil {
 		return err
 	}
-	place := devenv.Place()
+	place := sandbox.Place(ctx, a.VMM)
 	fmt.Fprintln(os.Stderr, "husk:", place.Reason)
 
 	benchArgs := func(dir string) []string {

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/huskvm/husk/internal/devenv"
+	"github.com/huskvm/husk/internal/sandbox"
 	"github.com/huskvm/husk/internal/testhost"
 )
 
@@ -51,7 +52,7 @@ func bootCmd(args []string) error {
 	if err != nil {
 		return err
 	}
-	place := devenv.Place()
+	place := sandbox.Place(ctx, a.VMM)
 	fmt.Fprintln(os.Stderr, "husk:", place.Reason)
 	vmmArgs := func(dir string) []string {
 		return []string{

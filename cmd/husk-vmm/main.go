@@ -31,6 +31,9 @@ const defaultCmdline = "console=ttyS0 reboot=k panic=-1 8250.nr_uarts=1 i8042.no
 var errTimeout = errors.New("wall-clock limit reached")
 
 func main() {
+	if len(os.Args) == 2 && os.Args[1] == "--probe" {
+		os.Exit(probe())
+	}
 	if err := run(); err != nil {
 		fmt.Fprintf(os.Stderr, "husk-vmm: %v\n", err)
 		os.Exit(1)

@@ -221,8 +221,10 @@ func (ps *processService) SendSignal(ctx context.Context, req *connect.Request[p
 		sig = unix.SIGKILL
 	case process.Signal_SIGNAL_SIGTERM:
 		sig = unix.SIGTERM
+	case process.Signal_SIGNAL_SIGINT:
+		sig = unix.SIGINT
 	default:
-		return nil, connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("signal %v: want SIGNAL_SIGTERM or SIGNAL_SIGKILL", req.Msg.GetSignal()))
+		return nil, connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("signal %v: want SIGNAL_SIGINT, SIGNAL_SIGTERM or SIGNAL_SIGKILL", req.Msg.GetSignal()))
 	}
 	p, err := ps.s.procs.lookup(req.Msg.GetProcess(), false)
 	if err != nil {

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -89,6 +90,28 @@ func (l *vsockListener) Addr() net.Addr { return l.addr }
 type vsockConn struct {
 	*os.File
 	local, remote *VsockAddr
+}
+
+// Read and Write report errors as the net package does: os.File wraps them
+// in *os.PathError, which is no net.Error, and net/http takes a read that
+// ended at a deadline it set itself (to stop its background read of a
+// streaming request) for a broken connection and cancels the request.
+func (c *vsockConn) Read(p []byte) (int, error) {
+	n, err := c.File.Read(p)
+	return n, c.netError("read", err)
+}
+
+func (c *vsockConn) Write(p []byte) (int, error) {
+	n, err := c.File.Write(p)
+	return n, c.netError("write", err)
+}
+
+func (c *vsockConn) netError(op string, err error) error {
+	var pe *os.PathError
+	if !errors.As(err, &pe) {
+		return err // nil, or io.EOF as it is
+	}
+	return &net.OpError{Op: op, Net: "vsock", Source: c.local, Addr: c.remote, Err: pe.Err}
 }
 
 func (c *vsockConn) LocalAddr() net.Addr                { return c.local }

@@ -3,6 +3,7 @@ package agent
 import (
 	"errors"
 	"io"
+	"net"
 	"os"
 	"testing"
 	"time"
@@ -47,6 +48,15 @@ func TestVsockListener(t *testing.T) {
 	if _, err := io.ReadFull(conn, buf); err != nil || string(buf) != "ping" {
 		t.Fatalf("read %q %v", buf, err)
 	}
+	// net/http tells its own deadline from a broken connection by a direct
+	// net.Error assertion, not errors.As.
+	_ = conn.SetReadDeadline(time.Now())
+	if _, err := conn.Read(buf); err == nil {
+		t.Fatal("read past its deadline succeeded")
+	} else if ne, ok := err.(net.Error); !ok || !ne.Timeout() {
+		t.Fatalf("read past its deadline: %T %v, want a net.Error that is a timeout", err, err)
+	}
+	_ = conn.SetReadDeadline(time.Time{})
 	if conn.RemoteAddr().Network() != "vsock" {
 		t.Errorf("remote %v", conn.RemoteAddr())
 	}

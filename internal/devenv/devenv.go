@@ -12,9 +12,9 @@ import (
 	"path/filepath"
 
 	"github.com/huskvm/husk/internal/kbuild"
+	"github.com/huskvm/husk/internal/sandbox"
 	"github.com/huskvm/husk/internal/template"
 	"github.com/huskvm/husk/internal/testhost"
-	"github.com/huskvm/husk/internal/testutil/kvmtest"
 )
 
 // KernelFragment is the guest kernel's config fragment, relative to the
@@ -38,11 +38,23 @@ func Kernel(ctx context.Context, progress io.Writer) (string, error) {
 // Rootfs builds the named template (guest/templates/<name>.json), or finds
 // it in the cache, and returns its image.
 func Rootfs(ctx context.Context, name string, progress io.Writer) (string, error) {
+	return rootfs(ctx, name, nil, progress)
+}
+
+// AgentRootfs is Rootfs with the husk-agent binary agent added at
+// sandbox.AgentPath: the image sandboxes boot. The agent's hash joins the
+// cache key, so a changed agent gives a new image (derived from the cached
+// template in seconds) and no test ever boots an old agent.
+func AgentRootfs(ctx context.Context, name, agent string, progress io.Writer) (string, error) {
+	return rootfs(ctx, name, map[string]string{sandbox.AgentPath: agent}, progress)
+}
+
+func rootfs(ctx context.Context, name string, extra map[string]string, progress io.Writer) (string, error) {
 	root, err := testhost.SourceRoot()
 	if err != nil {
 		return "", err
 	}
-	r, err := template.Build(ctx, template.Options{Recipe: template.RecipePath(root, name), Progress: progress})
+	r, err := template.Build(ctx, template.Options{Recipe: template.RecipePath(root, name), Extra: extra, Progress: progress})
 	if err != nil {
 		return "", err
 	}
@@ -128,27 +140,4 @@ func linkOrCopy(src, dst string) error {
 		return fmt.Errorf("copy %s: %w", src, err)
 	}
 	return out.Close()
-}
-
-// Placement says where Linux guests run on this machine.
-type Placement struct {
-	// Direct is true when /dev/kvm runs Linux guests at a usable speed.
-	Direct bool
-	// Reason explains the choice in one line.
-	Reason string
-}
-
-// Place decides by trying: it times a short guest loop on /dev/kvm
-// (kvmtest.ProbeSpeed). Hardware KVM runs it in about a millisecond; the
-// nested, software-emulated KVM of the development machines in about a
-// second. No usable /dev/kvm also means the test host.
-func Place() Placement {
-	d, err := kvmtest.ProbeSpeed()
-	switch {
-	case err != nil:
-		return Placement{Reason: fmt.Sprintf("/dev/kvm is not usable here (%v): running the guest inside the test host (QEMU TCG)", err)}
-	case d > kvmtest.LinuxSpeedLimit:
-		return Placement{Reason: fmt.Sprintf("/dev/kvm here runs guest kernel code emulated (probe loop %v, hardware takes ~1ms): running the guest inside the test host (QEMU TCG)", d.Round(1e6))}
-	}
-	return Placement{Direct: true, Reason: fmt.Sprintf("hardware KVM (probe loop %v): running the guest directly", d)}
 }

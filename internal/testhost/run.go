@@ -46,7 +46,10 @@ type Spec struct {
 	Env  []string // added to PATH, HOME=/tmp, TMPDIR=/tmp, USER=root; entries here win
 	Dir  string   // working directory inside (default /tmp)
 
-	Stdin   io.Reader // nil: empty
+	Stdin io.Reader // nil: empty
+	// Signals, if not nil, are passed on to the command (syscall.Signal
+	// values; others are ignored) while it runs.
+	Signals <-chan os.Signal
 	Stdout  io.Writer // nil: discarded
 	Stderr  io.Writer // nil: discarded
 	Console io.Writer // the test host's serial console and QEMU's messages; nil: discarded
@@ -383,6 +386,8 @@ type session struct {
 func (s *session) serve(conn net.Conn) {
 	r := wire.NewReader(conn)
 	w := wire.NewWriter(conn)
+	over := make(chan struct{})
+	defer close(over)
 	started := false
 	var startAt time.Time
 	for {
@@ -426,6 +431,9 @@ func (s *session) serve(conn net.Conn) {
 			}
 			startAt = time.Now()
 			go pumpStdin(w, s.spec.Stdin)
+			if s.spec.Signals != nil {
+				go pumpSignals(w, s.spec.Signals, over)
+			}
 		case wire.Stdout, wire.Stderr:
 			if !started {
 				s.err = fmt.Errorf("control channel: %s before Hello", f.Type)
@@ -445,7 +453,7 @@ func (s *session) serve(conn net.Conn) {
 				s.err = errors.New("control channel: Exit before Hello")
 				return
 			}
-			status, err := wire.DecodeExit(f.Payload)
+			status, err := wire.DecodeInt32(f.Payload)
 			if err != nil {
 				s.err = fmt.Errorf("control channel: %w", err)
 				return
@@ -479,6 +487,20 @@ func pumpStdin(w *wire.Writer, stdin io.Reader) {
 		if err != nil {
 			w.WriteFrame(wire.Stdin, nil)
 			return
+		}
+	}
+}
+
+// pumpSignals sends each signal as a Signal frame until the session is over.
+func pumpSignals(w *wire.Writer, sigs <-chan os.Signal, over <-chan struct{}) {
+	for {
+		select {
+		case <-over:
+			return
+		case sig := <-sigs:
+			if n, ok := sig.(syscall.Signal); ok {
+				w.WriteFrame(wire.Signal, wire.EncodeInt32(int(n)))
+			}
 		}
 	}
 }

@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"io"
 	"net"
+	"os"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -58,7 +60,7 @@ func TestSessionNormal(t *testing.T) {
 	in = wire.AppendFrame(in, wire.Hello, []byte(`{"uptime_ns":2000000000,"kvm":true,"kernel":"6.1"}`))
 	in = wire.AppendFrame(in, wire.Stdout, []byte("o\x00"))
 	in = wire.AppendFrame(in, wire.Stderr, []byte("e\xff"))
-	in = wire.AppendFrame(in, wire.Exit, wire.EncodeExit(7))
+	in = wire.AppendFrame(in, wire.Exit, wire.EncodeInt32(7))
 	in = wire.AppendFrame(in, wire.Stdout, []byte("after exit: ignored"))
 	s, sent := runSession(t, in, strings.NewReader("input"))
 	if s.err != nil || !s.exited || s.status != 7 {
@@ -95,10 +97,10 @@ func TestSessionHostileGuest(t *testing.T) {
 	}{
 		{"eof", nil, "EOF"},
 		{"stdout before hello", wire.AppendFrame(nil, wire.Stdout, []byte("x")), "before Hello"},
-		{"exit before hello", wire.AppendFrame(nil, wire.Exit, wire.EncodeExit(0)), "before Hello"},
+		{"exit before hello", wire.AppendFrame(nil, wire.Exit, wire.EncodeInt32(0)), "before Hello"},
 		{"two hellos", append(hello, hello...), "second Hello"},
 		{"bad hello", wire.AppendFrame(nil, wire.Hello, []byte(`{`)), "bad Hello"},
-		{"bad exit", wire.AppendFrame(hello, wire.Exit, []byte{1}), "exit payload"},
+		{"bad exit", wire.AppendFrame(hello, wire.Exit, []byte{1}), "payload is not 4 bytes"},
 		{"host frame from guest", wire.AppendFrame(hello, wire.Start, nil), "unexpected Start"},
 		{"unknown type", append(hello, 'Z', 0, 0, 0, 0), "unknown frame type"},
 		{"huge frame", append(hello, 'o', 0x7f, 0xff, 0xff, 0xff), "too long"},
@@ -111,5 +113,46 @@ func TestSessionHostileGuest(t *testing.T) {
 				t.Fatalf("exited %v, err %v; want an error containing %q", s.exited, s.err, tc.error)
 			}
 		})
+	}
+}
+
+// TestSessionSignals: a signal given while the command runs reaches the
+// test host as a Signal frame carrying its number.
+func TestSessionSignals(t *testing.T) {
+	host, g := net.Pipe()
+	defer g.Close()
+	sigs := make(chan os.Signal, 1)
+	sigs <- syscall.SIGINT
+	spec := &Spec{Args: []string{"/x"}, Stdout: io.Discard, Stderr: io.Discard, Signals: sigs}
+	spec.setDefaults()
+	s := &session{spec: spec, stats: new(Stats), console: &tailWriter{w: io.Discard}, qemuStart: time.Now()}
+	done := make(chan struct{})
+	go func() { s.serve(host); host.Close(); close(done) }()
+
+	g.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := g.Write(wire.AppendFrame(nil, wire.Hello, []byte(`{}`))); err != nil {
+		t.Fatal(err)
+	}
+	r := wire.NewReader(g)
+	for {
+		f, err := r.ReadFrame()
+		if err != nil {
+			t.Fatalf("no Signal frame: %v", err)
+		}
+		if f.Type != wire.Signal {
+			continue
+		}
+		if n, err := wire.DecodeInt32(f.Payload); err != nil || n != int(syscall.SIGINT) {
+			t.Fatalf("signal frame %x: %d %v", f.Payload, n, err)
+		}
+		break
+	}
+	go io.Copy(io.Discard, g) // the Ack
+	if _, err := g.Write(wire.AppendFrame(nil, wire.Exit, wire.EncodeInt32(130))); err != nil {
+		t.Fatal(err)
+	}
+	<-done
+	if !s.exited || s.status != 130 {
+		t.Fatalf("exited %v status %d err %v", s.exited, s.status, s.err)
 	}
 }

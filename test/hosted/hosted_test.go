@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/huskvm/husk/internal/devenv"
+	"github.com/huskvm/husk/internal/sandbox"
 	"github.com/huskvm/husk/internal/testhost"
 )
 
@@ -35,7 +36,7 @@ func TestE2E(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	place := devenv.Place()
+	place := sandbox.Place(ctx, a.VMM)
 	t.Log(place.Reason)
 	env := func(dir string) []string {
 		return []string{

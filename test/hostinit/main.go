@@ -26,6 +26,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -65,6 +66,7 @@ type initState struct {
 	stdin      chan []byte   // Stdin payloads from the reader; empty = EOF
 	stdinPipe  chan *os.File // the command's stdin, or nil if it did not start
 	acked      chan struct{} // closed on Ack or when the channel fails
+	cmdPID     atomic.Int32  // the running command, for Signal frames; 0 if none
 }
 
 func main() {
@@ -434,7 +436,7 @@ func (s *initState) session(start time.Duration) error {
 	s.startReader()
 	status := s.run(&msg)
 	s.debugf("exit status %d", status)
-	if err := s.w.WriteFrame(wire.Exit, wire.EncodeExit(status)); err != nil {
+	if err := s.w.WriteFrame(wire.Exit, wire.EncodeInt32(status)); err != nil {
 		return fmt.Errorf("send exit: %w", err)
 	}
 	s.waitAck()
@@ -467,8 +469,25 @@ func (s *initState) readLoop() {
 			return
 		case wire.Stdin:
 			s.stdin <- bytes.Clone(f.Payload)
+		case wire.Signal:
+			s.signal(f.Payload)
 		default:
 			logf("unexpected %s frame from the host", f.Type)
+		}
+	}
+}
+
+// signal delivers a Signal frame's signal to the running command. One that
+// arrives before the command started or after it ended has nobody to reach.
+func (s *initState) signal(p []byte) {
+	sig, err := wire.DecodeInt32(p)
+	if err != nil || sig < 1 || sig > 64 {
+		logf("bad Signal frame %x", p)
+		return
+	}
+	if pid := s.cmdPID.Load(); pid != 0 {
+		if err := unix.Kill(int(pid), unix.Signal(sig)); err != nil {
+			logf("signal %d to %d: %v", sig, pid, err)
 		}
 	}
 }
@@ -558,6 +577,7 @@ func (s *initState) run(msg *wire.StartMsg) int {
 	// Every child is a descendant of the command, so reaping can start
 	// now: the reaper collects orphans too (PID 1 inherits them).
 	exited := reap(cmd.Process.Pid)
+	s.cmdPID.Store(int32(cmd.Process.Pid))
 	stdinR.Close()
 	outW.Close()
 	errW.Close()
@@ -569,6 +589,7 @@ func (s *initState) run(msg *wire.StartMsg) int {
 	go func() { defer pumps.Done(); io.Copy(stderr, errR) }()
 
 	status := <-exited
+	s.cmdPID.Store(0)
 	cmd.Process.Release()
 	// Output written just before exit is still in the pipes; children that
 	// inherited them may keep them open, so wait only a little.

@@ -28,11 +28,13 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
-// Signal numbers are the Linux ones.
+// Signal numbers are the Linux ones. SIGINT is husk's addition (husk run
+// passes Ctrl-C on); the e2b SDKs send only SIGTERM and SIGKILL.
 type Signal int32
 
 const (
 	Signal_SIGNAL_UNSPECIFIED Signal = 0
+	Signal_SIGNAL_SIGINT      Signal = 2
 	Signal_SIGNAL_SIGTERM     Signal = 15
 	Signal_SIGNAL_SIGKILL     Signal = 9
 )
@@ -41,11 +43,13 @@ const (
 var (
 	Signal_name = map[int32]string{
 		0:  "SIGNAL_UNSPECIFIED",
+		2:  "SIGNAL_SIGINT",
 		15: "SIGNAL_SIGTERM",
 		9:  "SIGNAL_SIGKILL",
 	}
 	Signal_value = map[string]int32{
 		"SIGNAL_UNSPECIFIED": 0,
+		"SIGNAL_SIGINT":      2,
 		"SIGNAL_SIGTERM":     15,
 		"SIGNAL_SIGKILL":     9,
 	}
@@ -1817,9 +1821,10 @@ const file_process_process_proto_rawDesc = "" +
 	"\x03pid\x18\x01 \x01(\rH\x00R\x03pid\x12\x12\n" +
 	"\x03tag\x18\x02 \x01(\tH\x00R\x03tagB\n" +
 	"\n" +
-	"\bselector*H\n" +
+	"\bselector*[\n" +
 	"\x06Signal\x12\x16\n" +
-	"\x12SIGNAL_UNSPECIFIED\x10\x00\x12\x12\n" +
+	"\x12SIGNAL_UNSPECIFIED\x10\x00\x12\x11\n" +
+	"\rSIGNAL_SIGINT\x10\x02\x12\x12\n" +
 	"\x0eSIGNAL_SIGTERM\x10\x0f\x12\x12\n" +
 	"\x0eSIGNAL_SIGKILL\x10\t2\x91\x04\n" +
 	"\aProcess\x123\n" +

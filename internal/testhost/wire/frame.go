@@ -29,6 +29,7 @@
 //	guest → host  Hello   HelloMsg (JSON), once init is ready (or Fail instead)
 //	host  → guest Start   StartMsg (binary): the command to run
 //	host  → guest Stdin*  data; an empty Stdin frame is end of input
+//	host  → guest Signal* 4 bytes: a signal for the command, int32 big endian
 //	guest → host  Stdout*, Stderr*  data, interleaved with Stdin
 //	guest → host  Exit    4 bytes: the command's status, int32 big endian
 //	host  → guest Ack     empty; the host has everything, the guest powers off
@@ -65,6 +66,7 @@ const (
 	Ack    Type = 'a' // host → guest: exit received; power off now
 	Log    Type = 'l' // guest → host: a hostinit diagnostic line
 	Fail   Type = 'f' // guest → host: hostinit failed; payload says why
+	Signal Type = 'k' // host → guest: int32 big-endian signal for the command
 )
 
 func (t Type) String() string {
@@ -87,6 +89,8 @@ func (t Type) String() string {
 		return "Log"
 	case Fail:
 		return "Fail"
+	case Signal:
+		return "Signal"
 	}
 	return fmt.Sprintf("Type(%#02x)", byte(t))
 }
@@ -94,7 +98,7 @@ func (t Type) String() string {
 // Known reports whether t is a frame type of this protocol.
 func (t Type) Known() bool {
 	switch t {
-	case Hello, Start, Stdin, Stdout, Stderr, Exit, Ack, Log, Fail:
+	case Hello, Start, Stdin, Stdout, Stderr, Exit, Ack, Log, Fail, Signal:
 		return true
 	}
 	return false
@@ -114,7 +118,7 @@ const (
 var (
 	ErrUnknownType = errors.New("wire: unknown frame type")
 	ErrTooLong     = errors.New("wire: frame payload too long")
-	ErrBadExit     = errors.New("wire: exit payload is not 4 bytes")
+	ErrBadInt32    = errors.New("wire: exit or signal payload is not 4 bytes")
 )
 
 // Frame is one decoded frame. Payload is only valid until the next
@@ -231,15 +235,15 @@ func (s streamWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// EncodeExit is the payload of an Exit frame.
-func EncodeExit(status int) []byte {
+// EncodeInt32 is the payload of an Exit or Signal frame.
+func EncodeInt32(status int) []byte {
 	return binary.BigEndian.AppendUint32(nil, uint32(int32(status)))
 }
 
-// DecodeExit decodes the payload of an Exit frame.
-func DecodeExit(p []byte) (int, error) {
+// DecodeInt32 decodes the payload of an Exit or Signal frame.
+func DecodeInt32(p []byte) (int, error) {
 	if len(p) != 4 {
-		return 0, ErrBadExit
+		return 0, ErrBadInt32
 	}
 	return int(int32(binary.BigEndian.Uint32(p))), nil
 }

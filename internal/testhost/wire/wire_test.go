@@ -20,7 +20,7 @@ func TestFrameRoundTrip(t *testing.T) {
 		{Stdin, nil},
 		{Stdout, bytes.Repeat([]byte{0}, ChunkSize)},
 		{Stderr, []byte("\xff\xfe")},
-		{Exit, EncodeExit(-1)},
+		{Exit, EncodeInt32(-1)},
 		{Ack, nil},
 		{Log, []byte("x")},
 		{Fail, []byte("y")},
@@ -103,18 +103,18 @@ func TestWriteDataChunks(t *testing.T) {
 
 func TestExitPayload(t *testing.T) {
 	for _, s := range []int{0, 1, 7, 255, 137, -1} {
-		got, err := DecodeExit(EncodeExit(s))
+		got, err := DecodeInt32(EncodeInt32(s))
 		if err != nil || got != s {
 			t.Fatalf("%d: got %d, %v", s, got, err)
 		}
 	}
-	if _, err := DecodeExit([]byte{1, 2, 3}); !errors.Is(err, ErrBadExit) {
+	if _, err := DecodeInt32([]byte{1, 2, 3}); !errors.Is(err, ErrBadInt32) {
 		t.Fatalf("short exit: %v", err)
 	}
 }
 
 func FuzzFrame(f *testing.F) {
-	f.Add(AppendFrame(AppendFrame(nil, Stdout, []byte("hi")), Exit, EncodeExit(3)))
+	f.Add(AppendFrame(AppendFrame(nil, Stdout, []byte("hi")), Exit, EncodeInt32(3)))
 	f.Add([]byte{'o', 0xff, 0xff, 0xff, 0xff})
 	f.Add([]byte{'Z'})
 	f.Add(AppendFrame(nil, Hello, []byte(`{"kvm":true}`)))
@@ -130,7 +130,7 @@ func FuzzFrame(f *testing.F) {
 				t.Fatalf("accepted %s frame of %d bytes", fr.Type, len(fr.Payload))
 			}
 			if fr.Type == Exit {
-				_, _ = DecodeExit(fr.Payload)
+				_, _ = DecodeInt32(fr.Payload)
 			}
 			re = AppendFrame(re, fr.Type, fr.Payload)
 		}

@@ -63,11 +63,11 @@ type OverlayOptions struct {
 // same for any base. The file appears atomically (written under a temporary
 // name, synced, renamed) and path must not exist.
 func CreateOverlay(path, basePath string, opt OverlayOptions) error {
-	st, err := os.Stat(basePath)
+	baseSize, err := imageSize(basePath)
 	if err != nil {
 		return fmt.Errorf("create overlay: %w", err)
 	}
-	h := header{blockSize: int64(opt.BlockSize), size: opt.Size, baseSize: st.Size()}
+	h := header{blockSize: int64(opt.BlockSize), size: opt.Size, baseSize: baseSize}
 	if h.blockSize == 0 {
 		h.blockSize = DefaultBlockSize
 	}
@@ -151,10 +151,10 @@ func OpenOverlay(path, basePath string) (_ *Overlay, err error) {
 			base.Close()
 		}
 	}()
-	if st, err := base.Stat(); err != nil {
+	if n, err := base.Seek(0, io.SeekEnd); err != nil {
 		return nil, err
-	} else if st.Size() != h.baseSize {
-		return nil, fmt.Errorf("open overlay %s: base %s is %d bytes, overlay was made for %d", path, basePath, st.Size(), h.baseSize)
+	} else if n != h.baseSize {
+		return nil, fmt.Errorf("open overlay %s: base %s is %d bytes, overlay was made for %d", path, basePath, n, h.baseSize)
 	}
 	o := &Overlay{
 		f: f, base: base, hdr: h,
@@ -474,4 +474,15 @@ func (o *Overlay) Close() error {
 	defer o.mu.Unlock()
 	err := o.flushLocked()
 	return errors.Join(err, o.f.Close(), o.base.Close())
+}
+
+// imageSize is the size of a disk image: a file or a block device (whose
+// stat size is 0, while seeking to its end gives its size).
+func imageSize(path string) (int64, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	return f.Seek(0, io.SeekEnd)
 }

@@ -74,7 +74,7 @@ type ProcessClient interface {
 	StreamInput(context.Context) *connect.ClientStreamForClient[process.StreamInputRequest, process.StreamInputResponse]
 	// SendInput writes one input to a process.
 	SendInput(context.Context, *connect.Request[process.SendInputRequest]) (*connect.Response[process.SendInputResponse], error)
-	// SendSignal delivers SIGTERM or SIGKILL.
+	// SendSignal delivers SIGINT, SIGTERM or SIGKILL.
 	SendSignal(context.Context, *connect.Request[process.SendSignalRequest]) (*connect.Response[process.SendSignalResponse], error)
 	// CloseStdin closes the standard input of a non-PTY process.
 	CloseStdin(context.Context, *connect.Request[process.CloseStdinRequest]) (*connect.Response[process.CloseStdinResponse], error)
@@ -210,7 +210,7 @@ type ProcessHandler interface {
 	StreamInput(context.Context, *connect.ClientStream[process.StreamInputRequest]) (*connect.Response[process.StreamInputResponse], error)
 	// SendInput writes one input to a process.
 	SendInput(context.Context, *connect.Request[process.SendInputRequest]) (*connect.Response[process.SendInputResponse], error)
-	// SendSignal delivers SIGTERM or SIGKILL.
+	// SendSignal delivers SIGINT, SIGTERM or SIGKILL.
 	SendSignal(context.Context, *connect.Request[process.SendSignalRequest]) (*connect.Response[process.SendSignalResponse], error)
 	// CloseStdin closes the standard input of a non-PTY process.
 	CloseStdin(context.Context, *connect.Request[process.CloseStdinRequest]) (*connect.Response[process.CloseStdinResponse], error)

@@ -1,9 +1,9 @@
-package kvmtest
+package kvm
 
 import "testing"
 
 func TestProbeSpeed(t *testing.T) {
-	RequireKVM(t)
+	requireKVM(t)
 	d, err := ProbeSpeed()
 	if err != nil {
 		t.Fatal(err)

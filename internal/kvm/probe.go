@@ -1,11 +1,10 @@
-package kvmtest
+package kvm
 
 import (
 	"errors"
 	"fmt"
 	"time"
 
-	"github.com/huskvm/husk/internal/kvm"
 	"golang.org/x/sys/unix"
 )
 
@@ -23,11 +22,11 @@ var probeLoop = []byte{0x66, 0xb9, 0x40, 0x42, 0x0f, 0x00, 0x66, 0x49, 0x75, 0xf
 // second, as emulated ring-0 code runs ~2M instructions/s.
 const LinuxSpeedLimit = 100 * time.Millisecond
 
-// ProbeSpeed times the probe loop in a fresh VM on /dev/kvm. Whether a Linux
+// ProbeSpeed times the probe loop in a fresh VM on /dev/ Whether a Linux
 // guest can boot here is decided by trying, not by guessing from CPU flags:
 // guest ring-0 code is what matters, and only running some tells.
 func ProbeSpeed() (time.Duration, error) {
-	sys, err := kvm.Open()
+	sys, err := Open()
 	if err != nil {
 		return 0, err
 	}
@@ -43,7 +42,7 @@ func ProbeSpeed() (time.Duration, error) {
 	}
 	defer unix.Munmap(mem)
 	copy(mem[0x1000:], probeLoop)
-	if err := vm.SetUserMemoryRegion(&kvm.UserspaceMemoryRegion{MemorySize: uint64(len(mem)), UserspaceAddr: uint64(hostAddr(mem))}); err != nil {
+	if err := vm.SetUserMemoryRegion(&UserspaceMemoryRegion{MemorySize: uint64(len(mem)), UserspaceAddr: hostAddr(mem)}); err != nil {
 		return 0, err
 	}
 	c, err := vm.CreateVCPU(0)
@@ -59,7 +58,7 @@ func ProbeSpeed() (time.Duration, error) {
 	if err := c.SetSregs(&s); err != nil {
 		return 0, err
 	}
-	if err := c.SetRegs(&kvm.Regs{RIP: 0x1000, RFLAGS: 2}); err != nil {
+	if err := c.SetRegs(&Regs{RIP: 0x1000, RFLAGS: 2}); err != nil {
 		return 0, err
 	}
 	start := time.Now()
@@ -71,7 +70,7 @@ func ProbeSpeed() (time.Duration, error) {
 		if err != nil {
 			return 0, err
 		}
-		if r := c.ExitReason(); r != kvm.ExitHLT {
+		if r := c.ExitReason(); r != ExitHLT {
 			return 0, fmt.Errorf("probe loop ended with exit %v", r)
 		}
 		return time.Since(start), nil
