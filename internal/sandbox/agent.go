@@ -9,15 +9,17 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/huskvm/husk/internal/envd/filesystem/filesystemconnect"
 	"github.com/huskvm/husk/internal/envd/process/processconnect"
 )
 
 // Agent is a client of one guest's agent (the envd API), reached over the
 // VM's vsock socket.
 type Agent struct {
-	hc      *http.Client
-	base    string
-	Process processconnect.ProcessClient
+	hc         *http.Client
+	base       string
+	Process    processconnect.ProcessClient
+	Filesystem filesystemconnect.FilesystemClient
 }
 
 // NewAgent returns a client for the agent behind the vsock socket sock that
@@ -34,8 +36,14 @@ func NewAgent(sock, user string) *Agent {
 	auth := "Basic " + base64.StdEncoding.EncodeToString([]byte(user+":"))
 	hc := &http.Client{Transport: authTransport{tr, auth}}
 	const base = "http://agent"
-	return &Agent{hc: hc, base: base, Process: processconnect.NewProcessClient(hc, base)}
+	return &Agent{hc: hc, base: base,
+		Process:    processconnect.NewProcessClient(hc, base),
+		Filesystem: filesystemconnect.NewFilesystemClient(hc, base)}
 }
+
+// HTTP returns the client that reaches the agent, and the base URL to use
+// with it, for its plain HTTP endpoints (/files, /envs, /init).
+func (a *Agent) HTTP() (*http.Client, string) { return a.hc, a.base }
 
 // Health asks GET /health once.
 func (a *Agent) Health(ctx context.Context) error {

@@ -26,6 +26,7 @@ func (b *builder) derive(ctx context.Context, extras []Extra) (*Result, error) {
 	final := filepath.Join(b.dir, short)
 	if !b.o.Force {
 		if res := cached(final, key); res != nil {
+			touch(final)
 			return res, nil
 		}
 	}
@@ -135,6 +136,12 @@ func (b *builder) derive(ctx context.Context, extras []Extra) (*Result, error) {
 		return nil, err
 	}
 	ok = true
+	touch(final)
+	if removed, err := pruneDerived(b.dir, keepDerived, minDerivedAge); err != nil {
+		b.logf("pruning older images with extra files: %v", err)
+	} else if len(removed) > 0 {
+		b.logf("removed %d older images with extra files (keeping the %d most recently used)", len(removed), keepDerived)
+	}
 	b.logf("added %d extra files to %s in %s: %s (%s image, %s free)", len(extras), ShortKey(base.Key), round(time.Since(t)),
 		short, mib(info.ImageBytes), mib(info.FreeBytes))
 	return &Result{Image: filepath.Join(final, ImageName), Dir: final, Key: key, Info: &info}, nil

@@ -18,7 +18,7 @@ import (
 )
 
 // e2eTimeout bounds the whole e2e run, test-host boot included.
-const e2eTimeout = 30 * time.Minute
+const e2eTimeout = 45 * time.Minute
 
 func TestE2E(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), e2eTimeout)
@@ -32,14 +32,29 @@ func TestE2E(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	a, err := devenv.Stage(ctx, stage, testWriter{t}, map[string]string{"e2e.test": e2e, "minimal.ext4": rootfs})
+	// husk and the base template with this agent, for the husk run tests.
+	husk := filepath.Join(t.TempDir(), "husk")
+	if err := testhost.GoBuild(ctx, husk, "./cmd/husk", false); err != nil {
+		t.Fatal(err)
+	}
+	agent := filepath.Join(t.TempDir(), "husk-agent")
+	if err := testhost.GoBuild(ctx, agent, "./cmd/husk-agent", false); err != nil {
+		t.Fatal(err)
+	}
+	base, err := devenv.AgentRootfs(ctx, "base", agent, testWriter{t})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := devenv.Stage(ctx, stage, testWriter{t}, map[string]string{"e2e.test": e2e, "minimal.ext4": rootfs, "husk": husk})
 	if err != nil {
 		t.Fatal(err)
 	}
 	place := sandbox.Place(ctx, a.VMM)
 	t.Log(place.Reason)
-	env := func(dir string) []string {
+	env := func(dir, base string) []string {
 		return []string{
+			"HUSK_HUSK=" + filepath.Join(dir, "husk"),
+			"HUSK_BASE=" + base,
 			"HUSK_VMM=" + filepath.Join(dir, filepath.Base(a.VMM)),
 			"HUSK_VMLINUX=" + filepath.Join(dir, filepath.Base(a.Vmlinux)),
 			"HUSK_BZIMAGE=" + filepath.Join(dir, filepath.Base(a.BzImage)),
@@ -53,14 +68,16 @@ func TestE2E(t *testing.T) {
 		run = []string{"-test.run=" + r}
 	}
 	if place.Direct {
-		testhost.RunGoTestDirect(t, filepath.Join(stage, "e2e.test"), append(os.Environ(), env(stage)...), e2eTimeout, run...)
+		testhost.RunGoTestDirect(t, filepath.Join(stage, "e2e.test"), append(os.Environ(), env(stage, base)...), e2eTimeout, run...)
 		return
 	}
 	const inside = "/artifacts/e2e"
 	testhost.RunGoTest(t, testhost.Spec{
-		Disks:    []testhost.Disk{{Name: "e2e", Path: stage}},
+		// The base image goes in raw (not packed): it is big, and the
+		// tests use it as a block device, /dev/disk/husk/base.
+		Disks:    []testhost.Disk{{Name: "e2e", Path: stage}, {Name: "base", Path: base}},
 		Args:     append([]string{filepath.Join(inside, "e2e.test"), "-test.count=1"}, run...),
-		Env:      append(env(inside), "CI="+os.Getenv("CI"), "HUSK_E2E_VSOCK_MIB="+os.Getenv("HUSK_E2E_VSOCK_MIB")),
+		Env:      append(env(inside, "/dev/disk/husk/base"), "CI="+os.Getenv("CI"), "HUSK_E2E_VSOCK_MIB="+os.Getenv("HUSK_E2E_VSOCK_MIB")),
 		Timeout:  e2eTimeout,
 		Progress: testWriter{t},
 	})
