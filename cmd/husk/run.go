@@ -6,7 +6,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"io"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -16,6 +15,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/huskvm/husk/internal/cache"
 	"github.com/huskvm/husk/internal/devenv"
 	"github.com/huskvm/husk/internal/sandbox"
 	"github.com/huskvm/husk/internal/testhost"
@@ -279,7 +279,7 @@ func runInTestHost(ctx context.Context, o *runOptions, exe string, cmd []string,
 	}
 	defer os.RemoveAll(stage)
 	for name, src := range map[string]string{"husk": exe, "husk-vmm": o.vmm, "vmlinux": o.kernel} {
-		if err := linkOrCopy(src, filepath.Join(stage, name)); err != nil {
+		if err := cache.LinkOrCopy(src, filepath.Join(stage, name)); err != nil {
 			return 0, err
 		}
 	}
@@ -347,31 +347,6 @@ func checkStatic(exe string) error {
 		}
 	}
 	return nil
-}
-
-// linkOrCopy makes dst a hard link to src, or a copy across file systems.
-func linkOrCopy(src, dst string) error {
-	if err := os.Link(src, dst); err == nil {
-		return nil
-	}
-	in, err := os.Open(src)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	fi, err := in.Stat()
-	if err != nil {
-		return err
-	}
-	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, fi.Mode().Perm())
-	if err != nil {
-		return err
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		out.Close()
-		return err
-	}
-	return out.Close()
 }
 
 // parseSize reads COLSxROWS.

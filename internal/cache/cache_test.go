@@ -141,3 +141,32 @@ func TestRemoveStale(t *testing.T) {
 		t.Fatal("RemoveStale removed more than the temporaries of final")
 	}
 }
+
+func TestLinkOrCopy(t *testing.T) {
+	dir := t.TempDir()
+	src := filepath.Join(dir, "src")
+	if err := os.WriteFile(src, []byte("x"), 0o750); err != nil {
+		t.Fatal(err)
+	}
+	dst := filepath.Join(dir, "dst")
+	os.WriteFile(dst, []byte("old"), 0o600)
+	if err := LinkOrCopy(src, dst); err != nil {
+		t.Fatal(err)
+	}
+	a, _ := os.Stat(src)
+	b, _ := os.Stat(dst)
+	if !os.SameFile(a, b) {
+		t.Error("same file system: want a hard link")
+	}
+	cp := filepath.Join(dir, "cp")
+	if err := CopyFile(src, cp); err != nil {
+		t.Fatal(err)
+	}
+	c, err := os.Stat(cp)
+	if err != nil || os.SameFile(a, c) || c.Mode().Perm() != 0o750 {
+		t.Errorf("copy: %v %v", c, err)
+	}
+	if b, _ := os.ReadFile(cp); string(b) != "x" {
+		t.Errorf("copy holds %q", b)
+	}
+}

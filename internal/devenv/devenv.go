@@ -6,11 +6,11 @@ package devenv
 
 import (
 	"context"
-	"fmt"
 	"io"
 	"os"
 	"path/filepath"
 
+	"github.com/huskvm/husk/internal/cache"
 	"github.com/huskvm/husk/internal/kbuild"
 	"github.com/huskvm/husk/internal/sandbox"
 	"github.com/huskvm/husk/internal/template"
@@ -108,36 +108,9 @@ func Stage(ctx context.Context, dir string, progress io.Writer, extra map[string
 		files[filepath.Join(dir, name)] = src
 	}
 	for dst, src := range files {
-		if err := linkOrCopy(src, dst); err != nil {
+		if err := cache.LinkOrCopy(src, dst); err != nil {
 			return Artifacts{}, err
 		}
 	}
 	return a, nil
-}
-
-// linkOrCopy makes dst a hard link to src, or a copy where linking fails
-// (another file system).
-func linkOrCopy(src, dst string) error {
-	os.Remove(dst)
-	if err := os.Link(src, dst); err == nil {
-		return nil
-	}
-	in, err := os.Open(src)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	st, err := in.Stat()
-	if err != nil {
-		return err
-	}
-	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, st.Mode().Perm())
-	if err != nil {
-		return err
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		out.Close()
-		return fmt.Errorf("copy %s: %w", src, err)
-	}
-	return out.Close()
 }

@@ -452,7 +452,12 @@ func (b *builder) publish(out string, resolved map[string]string, info *Info) er
 			{filepath.Join(b.buildDir, ".config"), ConfigName},
 			{b.log.Name(), LogName},
 		} {
-			if err := linkOrCopy(c.from, filepath.Join(tmp, c.to)); err != nil {
+			// The log is still open for writing, so it is always copied.
+			link := cache.LinkOrCopy
+			if filepath.Base(c.from) == LogName {
+				link = cache.CopyFile
+			}
+			if err := link(c.from, filepath.Join(tmp, c.to)); err != nil {
 				return err
 			}
 		}
@@ -469,30 +474,6 @@ func (b *builder) publish(out string, resolved map[string]string, info *Info) er
 		}
 		return os.WriteFile(filepath.Join(tmp, InfoName), append(data, '\n'), 0o644)
 	})
-}
-
-// linkOrCopy hard-links from to to, or copies it if linking fails. The log is
-// still open for writing, so it is always copied.
-func linkOrCopy(from, to string) error {
-	if filepath.Base(from) != LogName {
-		if err := os.Link(from, to); err == nil {
-			return nil
-		}
-	}
-	in, err := os.Open(from)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	outf, err := os.OpenFile(to, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
-	if err != nil {
-		return err
-	}
-	if _, err := io.Copy(outf, in); err != nil {
-		outf.Close()
-		return fmt.Errorf("copy %s: %w", from, err)
-	}
-	return outf.Close()
 }
 
 var unsafeChars = regexp.MustCompile(`[^A-Za-z0-9.+~_-]`)
