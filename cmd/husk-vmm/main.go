@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"strconv"
@@ -60,6 +61,11 @@ func run() error {
 		cfg.Disks = append(cfg.Disks, d)
 		return err
 	})
+	flag.Func("net", "a virtio-net NIC on a host TAP interface, tap=NAME[,mac=XX:XX:XX:XX:XX:XX]; repeat for eth1, …\n(the TAP is created if absent; without mac=, a random locally administered address)", func(v string) error {
+		n, err := parseNet(v)
+		cfg.Net = append(cfg.Net, n)
+		return err
+	})
 	flag.Func("vsock", "a virtio-vsock device, cid=N,socket=PATH (host side: Firecracker's CONNECT convention)", func(v string) error {
 		s, err := parseVsock(v)
 		cfg.Vsock = s
@@ -99,7 +105,10 @@ func run() error {
 	defer vm.Close()
 	err = vm.Run(ctx)
 	st := vm.Stats()
-	cfg.Log.Info("vm_stopped", "rng_bytes", st.RNGBytes, "vsock_conns", st.VsockConns)
+	cfg.Log.Info("vm_stopped", "rng_bytes", st.RNGBytes, "vsock_conns", st.VsockConns,
+		"net_rx_frames", st.Net.RxFrames, "net_rx_bytes", st.Net.RxBytes, "net_rx_dropped", st.Net.RxDropped,
+		"net_tx_frames", st.Net.TxFrames, "net_tx_bytes", st.Net.TxBytes, "net_tx_errors", st.Net.TxErrors,
+		"net_tx_dropped", st.Net.TxDropped)
 	if errors.Is(err, context.Canceled) {
 		return errors.New("stopped by signal")
 	}
@@ -126,6 +135,30 @@ func parseDisk(v string) (vmm.Disk, error) {
 		return d, errors.New("disk needs a path")
 	}
 	return d, nil
+}
+
+// parseNet parses tap=NAME[,mac=XX:XX:XX:XX:XX:XX]; vmm.Config.Validate
+// checks the name and the address.
+func parseNet(v string) (vmm.Net, error) {
+	var n vmm.Net
+	for _, p := range strings.Split(v, ",") {
+		switch k, val, _ := strings.Cut(p, "="); k {
+		case "tap":
+			n.TAP = val
+		case "mac":
+			mac, err := net.ParseMAC(val)
+			if err != nil {
+				return n, fmt.Errorf("net mac %q: want six colon-separated hex bytes", val)
+			}
+			n.MAC = mac
+		default:
+			return n, fmt.Errorf("net option %q: want tap= or mac=", p)
+		}
+	}
+	if n.TAP == "" {
+		return n, errors.New("net needs tap=NAME")
+	}
+	return n, nil
 }
 
 // parseVsock parses cid=N,socket=PATH.

@@ -16,6 +16,7 @@ import (
 	"log/slog"
 
 	"github.com/huskvm/husk/internal/arch/x86"
+	vnet "github.com/huskvm/husk/internal/virtio/net"
 )
 
 // Config describes a VM to boot. It is a plain value; Validate checks it.
@@ -38,6 +39,8 @@ type Config struct {
 	Log *slog.Logger
 	// Disks are virtio-blk disks: /dev/vda, /dev/vdb, … in order.
 	Disks []Disk
+	// Net are virtio-net NICs: eth0, eth1, … in order.
+	Net []Net
 	// Vsock, if set, is the VM's vsock device.
 	Vsock *Vsock
 	// RNG adds a virtio-rng device fed from the host's crypto/rand.
@@ -68,6 +71,26 @@ func (c *Config) Validate() error {
 		if d.Overlay != "" && d.ReadOnly {
 			return fmt.Errorf("disk %d: an overlay exists to take writes; drop ro or the overlay", i)
 		}
+	}
+	taps, macs := map[string]int{}, map[string]int{}
+	for i, n := range c.Net {
+		if err := vnet.CheckTAPName(n.TAP); err != nil {
+			return fmt.Errorf("net %d: %w", i, err)
+		}
+		if j, dup := taps[n.TAP]; dup {
+			return fmt.Errorf("net %d: TAP %s is already net %d's", i, n.TAP, j)
+		}
+		taps[n.TAP] = i
+		if n.MAC == nil {
+			continue
+		}
+		if err := vnet.CheckMAC(n.MAC); err != nil {
+			return fmt.Errorf("net %d: %w", i, err)
+		}
+		if j, dup := macs[n.MAC.String()]; dup {
+			return fmt.Errorf("net %d: MAC %s is already net %d's", i, n.MAC, j)
+		}
+		macs[n.MAC.String()] = i
 	}
 	return nil
 }

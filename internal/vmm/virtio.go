@@ -3,6 +3,7 @@ package vmm
 import (
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"strings"
 
@@ -11,6 +12,7 @@ import (
 	"github.com/huskvm/husk/internal/virtio"
 	"github.com/huskvm/husk/internal/virtio/blk"
 	"github.com/huskvm/husk/internal/virtio/mmio"
+	vnet "github.com/huskvm/husk/internal/virtio/net"
 	"github.com/huskvm/husk/internal/virtio/rng"
 	"github.com/huskvm/husk/internal/virtio/vsock"
 )
@@ -26,6 +28,17 @@ type Disk struct {
 	ReadOnly bool
 	// Serial is the disk's id (virtio-blk GET_ID, /sys/block/vdX/serial).
 	Serial string
+}
+
+// Net is a virtio-net NIC on a host TAP interface (see package
+// internal/virtio/net).
+type Net struct {
+	// TAP names the host interface, created if absent (which needs
+	// CAP_NET_ADMIN). The host configures its side: address, link up.
+	TAP string
+	// MAC is the guest's address; nil picks a random locally administered
+	// one.
+	MAC net.HardwareAddr
 }
 
 // Vsock is the VM's virtio-vsock device.
@@ -48,12 +61,22 @@ type virtioDev struct {
 const maxVirtio = x86.VirtioIRQLast - x86.VirtioIRQBase + 1
 
 // setupVirtio creates the configured virtio devices, in a fixed order:
-// disks (vda, vdb, … in Config order), vsock, rng.
+// disks (vda, vdb, … in Config order), NICs (eth0, eth1, … in Config
+// order), vsock, rng.
 func (v *VM) setupVirtio() error {
 	for i, d := range v.cfg.Disks {
 		dev, err := openDisk(d, v)
 		if err != nil {
 			return fmt.Errorf("disk %d (%s): %w", i, d.Path, err)
+		}
+		if err := v.addVirtio(dev); err != nil {
+			return err
+		}
+	}
+	for i, n := range v.cfg.Net {
+		dev, err := openNet(n, v)
+		if err != nil {
+			return fmt.Errorf("net %d (TAP %s): %w", i, n.TAP, err)
 		}
 		if err := v.addVirtio(dev); err != nil {
 			return err
@@ -109,6 +132,18 @@ func openDisk(d Disk, v *VM) (*blk.Device, error) {
 		return nil, err
 	}
 	return dev, nil
+}
+
+func openNet(n Net, v *VM) (*vnet.Device, error) {
+	be, err := vnet.OpenTAP(n.TAP)
+	if err != nil {
+		return nil, err
+	}
+	mac := n.MAC
+	if mac == nil {
+		mac = vnet.RandomMAC()
+	}
+	return vnet.New(be, vnet.Config{MAC: mac, Log: v.log})
 }
 
 // addVirtio puts dev on the next virtio-mmio window and IRQ: transport on
@@ -184,6 +219,8 @@ type Stats struct {
 	RNGBytes uint64
 	// VsockConns is the number of live vsock connections.
 	VsockConns int
+	// Net sums the counters of the NICs.
+	Net vnet.Stats
 }
 
 // Stats returns the device counters.
@@ -194,6 +231,11 @@ func (v *VM) Stats() Stats {
 	}
 	if v.vsock != nil {
 		s.VsockConns = v.vsock.Muxer().Conns()
+	}
+	for _, d := range v.virtio {
+		if n, ok := d.dev.(*vnet.Device); ok {
+			s.Net.Add(n.Stats())
+		}
 	}
 	return s
 }
