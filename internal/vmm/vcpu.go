@@ -154,7 +154,17 @@ func (c *vcpu) handleExit(k *kvm.VCPU) error {
 			c.vm.mmio.read(addr, data)
 		}
 	case kvm.ExitShutdown:
-		// A triple fault: how `reboot=t` resets, and how a badly broken guest dies.
+		// A triple fault: how `reboot=t` resets, and how a badly broken guest
+		// dies. Our command lines reset through the i8042, so say where it
+		// happened: a crash must not pass for a clean power-off unseen.
+		attrs := []any{"vcpu", c.id}
+		if regs, err := k.Regs(); err == nil {
+			attrs = append(attrs, "rip", fmt.Sprintf("%#x", regs.RIP), "rsp", fmt.Sprintf("%#x", regs.RSP))
+		}
+		if sregs, err := k.Sregs(); err == nil {
+			attrs = append(attrs, "cr2", fmt.Sprintf("%#x", sregs.CR2), "cr3", fmt.Sprintf("%#x", sregs.CR3))
+		}
+		c.vm.log.Warn("guest_triple_fault", attrs...)
 		return errReset
 	case kvm.ExitSystemEvent:
 		switch t := k.SystemEvent(); t {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -139,9 +140,27 @@ func TestPanicThenResetIsAnError(t *testing.T) {
 	}
 }
 
+// TestTripleFaultIsReset: a triple fault stops the VM as a reset does, and
+// the log says where it happened.
 func TestTripleFaultIsReset(t *testing.T) {
-	if _, err := runGuest(t, pvhKernel(tripleFault), 1, 30*time.Second); err != nil {
+	kvmtest.RequireKVM(t)
+	path := filepath.Join(t.TempDir(), "kernel")
+	if err := os.WriteFile(path, pvhKernel(tripleFault), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var log bytes.Buffer
+	vm, err := New(Config{Kernel: path, VCPUs: 1, MemMiB: 64, Log: slog.New(slog.NewTextHandler(&log, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer vm.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := vm.Run(ctx); err != nil {
 		t.Fatalf("run: %v", err)
+	}
+	if !strings.Contains(log.String(), "guest_triple_fault") || !strings.Contains(log.String(), "rip=0x") {
+		t.Fatalf("log %q: want a guest_triple_fault record with the RIP", log.String())
 	}
 }
 
