@@ -103,6 +103,14 @@ func run() error {
 		return err
 	}
 	defer vm.Close()
+	dump := make(chan os.Signal, 1)
+	signal.Notify(dump, syscall.SIGUSR1)
+	defer signal.Stop(dump)
+	go func() {
+		for range dump {
+			vm.LogState()
+		}
+	}()
 	err = vm.Run(ctx)
 	st := vm.Stats()
 	cfg.Log.Info("vm_stopped", "rng_bytes", st.RNGBytes, "vsock_conns", st.VsockConns,

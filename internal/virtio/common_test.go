@@ -169,6 +169,10 @@ func TestWorkerLifecycle(t *testing.T) {
 	if g.UsedIdx() != 1 {
 		t.Fatal("paused worker processed a chain")
 	}
+	// Inspect shows both sides of the ring: one chain waiting.
+	if v := e.Inspect(); len(v) != 1 || v[0].AvailIdx != 2 || v[0].NextAvail != 1 || v[0].UsedIdx != 1 || v[0].NextUsed != 1 || v[0].Size != 16 {
+		t.Fatalf("Inspect: %+v", v)
+	}
 	e.Resume()
 	waitFor(t, "resume", func() bool { return g.UsedIdx() == 2 })
 

@@ -45,6 +45,9 @@ type Device interface {
 	// RestoreCommon replaces the generic virtio state, re-activating the
 	// device if s says it was active.
 	RestoreCommon(s CommonState, mem *guestmem.Memory, irq Interrupt) error
+	// Inspect returns the queues' state for debugging; it waits for the
+	// worker to finish its current batch.
+	Inspect() []QueueView
 	// Close stops the worker and releases host resources.
 	Close() error
 }

@@ -52,6 +52,7 @@ type Vsock struct {
 // virtioDev is one virtio-mmio device and what the VM wired for it.
 type virtioDev struct {
 	dev  virtio.Device
+	t    *mmio.Transport
 	irq  *eventfd.EventFD
 	gsi  uint32
 	base uint64
@@ -165,6 +166,7 @@ func (v *VM) addVirtio(dev virtio.Device) error {
 	if err != nil {
 		return err
 	}
+	vd.t = t
 	if err := v.mmio.insert(vd.base, mmio.Size, t); err != nil {
 		return err
 	}
@@ -238,4 +240,18 @@ func (v *VM) Stats() Stats {
 		}
 	}
 	return s
+}
+
+// LogState logs each virtio device's queues and interrupt status, and the
+// vsock connections, at warning level: what a person needs to see why a
+// guest's device stalled. husk-vmm calls it on SIGUSR1.
+func (v *VM) LogState() {
+	for i, d := range v.virtio {
+		log := v.log.With("device", d.dev.Type().String(), "index", i)
+		log.Warn("device_state", "interrupt_status", d.t.InterruptStatus(), "queues", d.dev.Inspect())
+	}
+	if v.vsock != nil {
+		conns, ctrl, ready := v.vsock.Muxer().Inspect()
+		v.log.Warn("vsock_state", "ctrl_queued", ctrl, "ready", ready, "conns", conns)
+	}
 }

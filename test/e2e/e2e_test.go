@@ -61,12 +61,27 @@ type result struct {
 	dur            time.Duration
 }
 
+// vmmCommand is husk-vmm with args, stopped when ctx ends. A husk-vmm
+// stopped that way first logs its devices' state (SIGUSR1) and its
+// goroutines (SIGQUIT) to its stderr, so a hang leaves its cause in the
+// test's output.
+func vmmCommand(ctx context.Context, a artifacts, args ...string) *exec.Cmd {
+	cmd := exec.CommandContext(ctx, a.vmm, args...)
+	cmd.Cancel = func() error {
+		cmd.Process.Signal(syscall.SIGUSR1)
+		time.Sleep(time.Second)
+		return cmd.Process.Signal(syscall.SIGQUIT)
+	}
+	cmd.WaitDelay = 10 * time.Second // then SIGKILL
+	return cmd
+}
+
 // vmm runs husk-vmm with args under the boot deadline.
 func vmm(t *testing.T, a artifacts, args ...string) result {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), bootDeadline)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, a.vmm, args...)
+	cmd := vmmCommand(ctx, a, args...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	start := time.Now()
@@ -190,7 +205,7 @@ func TestSIGTERMStopsTheVM(t *testing.T) {
 	a := need(t)
 	ctx, cancel := context.WithTimeout(context.Background(), bootDeadline)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, a.vmm, "--kernel", a.vmlinux, "--initrd", a.initrd, "--cpus", "2",
+	cmd := vmmCommand(ctx, a, "--kernel", a.vmlinux, "--initrd", a.initrd, "--cpus", "2",
 		"--cmdline", baseCmdline+" husk.mode=hang")
 	var stdout, stderr syncBuffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"os/exec"
 	"regexp"
 	"strconv"
 	"strings"
@@ -184,7 +183,7 @@ if err:
 report('SENT', '%%d:%%s' %% (sent, sh.hexdigest()))
 report('RECV', '%%d:%%s' %% (got[0], rh.hexdigest()))`, netEchoBytes, netHostIP))
 
-	cmd := exec.CommandContext(ctx, a.vmm, args...)
+	cmd := vmmCommand(ctx, a, args...)
 	var out syncBuffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	start := time.Now()

@@ -11,7 +11,6 @@ import (
 	"math/rand/v2"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -216,7 +215,7 @@ report('PATCH', hashlib.sha256(rd(3 << 20)).hexdigest())`)
 	tok := token(t)
 	ctx, cancel := context.WithTimeout(context.Background(), bootDeadline)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, a.vmm, pyArgs(t, a, pyVM{disks: []string{disk}}, `
+	cmd := vmmCommand(ctx, a, pyArgs(t, a, pyVM{disks: []string{disk}}, `
 fd = os.open('/dev/vdc', os.O_RDWR)
 os.pwrite(fd, b'`+tok+`', 0x5000)
 os.fsync(fd)
@@ -313,7 +312,7 @@ func TestVsock(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 5*bootDeadline)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, a.vmm, pyArgs(t, a, pyVM{extra: []string{"--vsock", "cid=3,socket=" + sock}}, fmt.Sprintf(`
+	cmd := vmmCommand(ctx, a, pyArgs(t, a, pyVM{extra: []string{"--vsock", "cid=3,socket=" + sock}}, fmt.Sprintf(`
 N = %d
 l = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
 l.bind((socket.VMADDR_CID_ANY, 6000))

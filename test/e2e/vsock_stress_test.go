@@ -121,7 +121,7 @@ func startVsockVM(t *testing.T, ctx context.Context, a artifacts, sock, program 
 	t.Helper()
 	v := &vsockVM{t: t, ctx: ctx, out: &syncBuffer{}, sock: sock, exited: make(chan struct{}),
 		stop: make(chan struct{}), done: make(chan struct{})}
-	v.cmd = exec.CommandContext(ctx, a.vmm, pyArgs(t, a, pyVM{extra: []string{"--vsock", "cid=3,socket=" + sock}}, program)...)
+	v.cmd = vmmCommand(ctx, a, pyArgs(t, a, pyVM{extra: []string{"--vsock", "cid=3,socket=" + sock}}, program)...)
 	v.cmd.Stdout, v.cmd.Stderr = v.out, v.out
 	if err := v.cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -62,10 +62,14 @@ func TestE2E(t *testing.T) {
 			"HUSK_ROOTFS=" + filepath.Join(dir, "minimal.ext4"),
 		}
 	}
-	// HUSK_E2E_RUN selects inner tests, as -run would.
-	var run []string
+	// HUSK_E2E_RUN selects inner tests, as -run would; HUSK_E2E_COUNT
+	// repeats them, as -count would, to chase a rare failure.
+	run := []string{"-test.count=1"}
 	if r := os.Getenv("HUSK_E2E_RUN"); r != "" {
-		run = []string{"-test.run=" + r}
+		run = append(run, "-test.run="+r)
+	}
+	if n := os.Getenv("HUSK_E2E_COUNT"); n != "" {
+		run = append(run, "-test.count="+n)
 	}
 	if place.Direct {
 		testhost.RunGoTestDirect(t, filepath.Join(stage, "e2e.test"), append(os.Environ(), env(stage, base)...), e2eTimeout, run...)
@@ -76,7 +80,7 @@ func TestE2E(t *testing.T) {
 		// The base image goes in raw (not packed): it is big, and the
 		// tests use it as a block device, /dev/disk/husk/base.
 		Disks:    []testhost.Disk{{Name: "e2e", Path: stage}, {Name: "base", Path: base}},
-		Args:     append([]string{filepath.Join(inside, "e2e.test"), "-test.count=1"}, run...),
+		Args:     append([]string{filepath.Join(inside, "e2e.test")}, run...),
 		Env:      append(env(inside, "/dev/disk/husk/base"), "CI="+os.Getenv("CI"), "HUSK_E2E_VSOCK_MIB="+os.Getenv("HUSK_E2E_VSOCK_MIB")),
 		Timeout:  e2eTimeout,
 		Progress: testWriter{t},

@@ -525,6 +525,10 @@ func (t *Transport) raise(bit uint32) {
 	}
 }
 
+// InterruptStatus returns the InterruptStatus bits the driver has not yet
+// acknowledged, for debugging.
+func (t *Transport) InterruptStatus() uint32 { return t.intStatus.Load() }
+
 // interrupt is the virtio.Interrupt of one activation.
 type interrupt struct {
 	t   *Transport

@@ -53,6 +53,7 @@ type conn struct {
 	rxCnt     uint32 // bytes received from the guest
 	fwdCnt    uint32 // of those, bytes written to sock
 	fwdSent   uint32 // fwdCnt last reported to the guest
+	creditQd  bool   // a CREDIT_UPDATE for c waits in the Muxer's ctrl
 	guestShut uint32 // shutdown flags the guest sent
 
 	// host -> guest
@@ -169,6 +170,40 @@ func (m *Muxer) Conns() int {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	return len(m.conns)
+}
+
+// ConnView is one connection's state, for debugging a stalled stream.
+type ConnView struct {
+	HostPort, GuestPort uint32
+	State               string
+	// Guest to host: bytes received, written to the socket, and the
+	// written count last reported to the guest; bytes waiting to be
+	// written; the guest's shutdown flags.
+	RxCnt, FwdCnt, FwdSent uint32
+	Pending                int
+	GuestShut              uint32
+	// Host to guest: bytes sent, the guest's buffer and written count
+	// (its credit is BufAlloc - (TxCnt - PeerFwd)), bytes read from the
+	// socket and not yet sent.
+	TxCnt, PeerAlloc, PeerFwd uint32
+	Unsent                    int
+	HostEOF, SentShut, Queued bool
+}
+
+// Inspect returns every connection's state and the number of control
+// packets and ready connections waiting for the guest's RX buffers.
+func (m *Muxer) Inspect() (conns []ConnView, ctrl, ready int) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, c := range m.conns {
+		conns = append(conns, ConnView{
+			HostPort: c.key.local, GuestPort: c.key.peer, State: [...]string{"connecting", "established", "closed"}[c.state],
+			RxCnt: c.rxCnt, FwdCnt: c.fwdCnt, FwdSent: c.fwdSent, Pending: len(c.txbuf), GuestShut: c.guestShut,
+			TxCnt: c.txCnt, PeerAlloc: c.peerAlloc, PeerFwd: c.peerFwd, Unsent: len(c.rxbuf),
+			HostEOF: c.hostEOF, SentShut: c.sentShut, Queued: c.queued,
+		})
+	}
+	return conns, len(m.ctrl), len(m.ready)
 }
 
 // accept takes host-initiated connections.
@@ -319,7 +354,7 @@ func (m *Muxer) FromGuest(h Header, payload []byte) {
 		}
 		m.drop(c)
 	case opCreditRequest:
-		m.queueCtrl(c, opCreditUpdate, 0)
+		m.queueCredit(c)
 	case opCreditUpdate:
 		c.cond.Broadcast() // the reader may have credit again
 		m.markReady(c)
@@ -390,7 +425,7 @@ func (m *Muxer) writer(c *conn) {
 		}
 		c.fwdCnt += uint32(len(data))
 		if c.fwdCnt-c.fwdSent >= m.bufAlloc/4 {
-			m.queueCtrl(c, opCreditUpdate, 0)
+			m.queueCredit(c)
 		}
 	}
 }
@@ -446,6 +481,9 @@ func (m *Muxer) NextToGuest(buf []byte) int {
 		if c := m.conns[connKey{h.SrcPort, h.DstPort}]; c != nil {
 			h.FwdCnt = c.fwdCnt // the freshest credit we can give
 			c.fwdSent = c.fwdCnt
+			if h.Op == opCreditUpdate {
+				c.creditQd = false
+			}
 		}
 		h.Put(buf)
 		return HeaderSize
@@ -463,6 +501,7 @@ func (m *Muxer) NextToGuest(buf []byte) int {
 				continue // no credit: a CREDIT_UPDATE re-queues it
 			}
 			h := m.header(c, opRW, 0)
+			c.fwdSent = c.fwdCnt
 			h.Len = uint32(n)
 			h.Put(buf)
 			copy(buf[HeaderSize:], c.rxbuf[:n])
@@ -478,6 +517,7 @@ func (m *Muxer) NextToGuest(buf []byte) int {
 		if c.hostEOF && !c.sentShut {
 			c.sentShut = true
 			h := m.header(c, opShutdown, shutdownSend)
+			c.fwdSent = c.fwdCnt
 			h.Put(buf)
 			m.maybeFinish(c)
 			return HeaderSize
@@ -486,9 +526,10 @@ func (m *Muxer) NextToGuest(buf []byte) int {
 	return 0
 }
 
-// header returns a header from us to the guest on c. Preconditions: m.mu held.
+// header returns a header from us to the guest on c. Its FwdCnt is
+// refreshed when the packet leaves (NextToGuest), which is also when the
+// guest learns it. Preconditions: m.mu held.
 func (m *Muxer) header(c *conn, op uint16, flags uint32) Header {
-	c.fwdSent = c.fwdCnt
 	return Header{
 		SrcCID: HostCID, DstCID: m.guestCID, SrcPort: c.key.local, DstPort: c.key.peer,
 		Type: typeStream, Op: op, Flags: flags, BufAlloc: m.bufAlloc, FwdCnt: c.fwdCnt,
@@ -498,6 +539,14 @@ func (m *Muxer) header(c *conn, op uint16, flags uint32) Header {
 // queueCtrl queues a control packet on c. Preconditions: m.mu held.
 func (m *Muxer) queueCtrl(c *conn, op uint16, flags uint32) {
 	m.pushCtrl(m.header(c, op, flags))
+}
+
+// queueCredit queues a CREDIT_UPDATE on c unless one is already waiting:
+// it carries the freshest count when it leaves. Preconditions: m.mu held.
+func (m *Muxer) queueCredit(c *conn) {
+	if !c.creditQd {
+		c.creditQd = m.pushCtrl(m.header(c, opCreditUpdate, 0))
+	}
 }
 
 // rstFor queues a RST for a connection we do not track. Preconditions: m.mu held.
@@ -510,14 +559,16 @@ func (m *Muxer) rstFor(k connKey) {
 // giving RX buffers loses answers instead of growing our memory.
 const maxCtrl = 4096
 
-// pushCtrl queues h for the guest. Preconditions: m.mu held.
-func (m *Muxer) pushCtrl(h Header) {
+// pushCtrl queues h for the guest and reports whether it did.
+// Preconditions: m.mu held.
+func (m *Muxer) pushCtrl(h Header) bool {
 	if len(m.ctrl) >= maxCtrl {
 		m.log.Debug("vsock_ctrl_queue_full", "op", h.Op, "port", h.SrcPort)
-		return
+		return false
 	}
 	m.ctrl = append(m.ctrl, h)
 	m.wake()
+	return true
 }
 
 // markReady puts c on the ready list. Preconditions: m.mu held.

@@ -67,13 +67,8 @@ func (g *fakeGuest) recv() (Header, []byte) {
 		select {
 		case <-g.wake:
 		case <-deadline:
-			g.m.mu.Lock()
-			for _, c := range g.m.conns {
-				g.t.Logf("conn %+v", *c)
-			}
-			g.t.Logf("ctrl %d ready %d", len(g.m.ctrl), len(g.m.ready))
-			g.m.mu.Unlock()
-			g.t.Fatal("no packet for the guest")
+			conns, ctrl, ready := g.m.Inspect()
+			g.t.Fatalf("no packet for the guest; %d control packets and %d connections ready; %+v", ctrl, ready, conns)
 		}
 	}
 }
@@ -116,6 +111,15 @@ func TestHostInitiatedRoundTripAndClose(t *testing.T) {
 	got := make([]byte, 4)
 	if _, err := io.ReadFull(c, got); err != nil || string(got) != "pong" {
 		t.Fatalf("host got %q %v", got, err)
+	}
+	conns, ctrl, ready := g.m.Inspect()
+	want := ConnView{HostPort: local, GuestPort: 1234, State: "established", RxCnt: 4, TxCnt: 4, PeerAlloc: 64 << 10, PeerFwd: 4}
+	if len(conns) != 1 || ctrl != 0 || ready != 0 {
+		t.Fatalf("Inspect: %+v, %d control packets, %d ready", conns, ctrl, ready)
+	}
+	conns[0].FwdCnt, conns[0].FwdSent = 0, 0 // the writer counts them after the host could read
+	if conns[0] != want {
+		t.Fatalf("Inspect: %+v, want %+v", conns[0], want)
 	}
 	// Host closes: the guest hears SHUTDOWN(SEND); the guest closes: RST.
 	c.Close()
@@ -306,6 +310,46 @@ func TestBulkBothWays(t *testing.T) {
 	}
 	if b := <-hostGot; !bytes.Equal(b, up) {
 		t.Fatalf("host got %d bytes; want %d", len(b), size)
+	}
+}
+
+// TestOneCreditUpdateAtATime: while the guest does not take its RX
+// buffers, the host's writes past a quarter of the buffer queue one
+// CREDIT_UPDATE, not one per write, and it leaves with the freshest count.
+func TestOneCreditUpdateAtATime(t *testing.T) {
+	g := newGuest(t, 0, 0)
+	c, local := g.hostConnect(4001)
+	defer c.Close()
+	const pkt, total = 4096, DefaultBufAlloc
+	done := make(chan error)
+	go func() {
+		_, err := io.ReadFull(c, make([]byte, total))
+		done <- err
+	}()
+	for sent := 0; sent < total; sent += pkt {
+		g.send(opRW, local, 4001, 0, 0, make([]byte, pkt))
+		time.Sleep(100 * time.Microsecond) // let the writer write packets one by one
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
+		if conns, _, _ := g.m.Inspect(); len(conns) == 1 && conns[0].FwdCnt == total {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("writer never counted every byte written")
+		}
+	}
+	var updates []uint32
+	for h, _, ok := g.poll(); ok; h, _, ok = g.poll() {
+		if h.Op != opCreditUpdate {
+			t.Fatalf("unexpected %+v", h)
+		}
+		updates = append(updates, h.FwdCnt)
+	}
+	if len(updates) != 1 || updates[0] != total {
+		t.Fatalf("credit updates with fwd_cnt %v; want one with %d", updates, total)
 	}
 }
 
