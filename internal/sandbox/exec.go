@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"strings"
+	"sync"
 	"syscall"
 
 	"connectrpc.com/connect"
@@ -84,6 +85,10 @@ func (a *Agent) Run(ctx context.Context, c Command) (Exit, error) {
 	if c.TTY != nil {
 		msg.Pty = &process.PTY{Size: &process.PTY_Size{Cols: c.TTY.Cols, Rows: c.TTY.Rows}}
 	}
+	// The control pump has ended when Run returns, so that it cannot take a
+	// signal meant for whatever runs next on the same channel.
+	var control sync.WaitGroup
+	defer control.Wait()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	stream, err := a.Process.Start(ctx, connect.NewRequest(msg))
@@ -104,7 +109,7 @@ func (a *Agent) Run(ctx context.Context, c Command) (Exit, error) {
 			if c.Stdin != nil {
 				go a.pumpInput(ctx, sel, c.Stdin, c.TTY != nil)
 			}
-			go a.pumpControl(ctx, sel, c)
+			control.Go(func() { a.pumpControl(ctx, sel, c) })
 		case ev.GetData() != nil:
 			d := ev.GetData()
 			var err error
