@@ -51,7 +51,7 @@ const (
 	MaxDiscardSectors = 1 << 22
 	// MaxDiscardSegments bounds the ranges of one DISCARD or WRITE_ZEROES.
 	MaxDiscardSegments = 16
-	// ioChunk bounds one backend call.
+	// ioChunk bounds one backend call, or one buffer of a vectored call.
 	ioChunk = 1 << 20
 )
 
@@ -91,9 +91,11 @@ type Device struct {
 	virtio.Common
 	cfg      Config
 	backend  Backend
-	capacity uint64 // sectors
+	vio      vectorIO // backend, if it moves a whole request with one call
+	capacity uint64   // sectors
 	config   [configSize]byte
 	log      *slog.Logger
+	vec      [][]byte // a request's buffers for vio; the worker's only
 
 	// Counters, readable from any goroutine.
 	readBytes, writeBytes, flushes, errorsCount atomic.Uint64
@@ -116,6 +118,7 @@ func New(backend Backend, cfg Config, log *slog.Logger) (*Device, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	d := &Device{cfg: cfg, backend: backend, capacity: uint64(backend.Size()) / SectorSize, log: log.With("device", "blk")}
+	d.vio, _ = backend.(vectorIO)
 	features := uint64(virtio.FeatureIndirectDesc | virtio.FeatureEventIdx |
 		FeatureSizeMax | FeatureSegMax | FeatureBlkSize | FeatureFlush | FeatureTopology)
 	if cfg.ReadOnly {
@@ -264,9 +267,34 @@ func (d *Device) inBounds(sector, count uint64) bool {
 	return sector <= d.capacity && count <= d.capacity-sector
 }
 
-// read copies disk sectors straight into the guest's buffers.
+// gather collects a request's buffers (guest memory) into d.vec.
+func (d *Device) gather(c *virtio.Cursor) [][]byte {
+	d.vec = d.vec[:0]
+	for p := c.Next(ioChunk); p != nil; p = c.Next(ioChunk) {
+		d.vec = append(d.vec, p)
+	}
+	return d.vec
+}
+
+// release drops the request's buffers from d.vec: they alias guest memory,
+// which may be unmapped while the device lives on.
+func (d *Device) release() { clear(d.vec) }
+
+// read copies disk sectors straight into the guest's buffers: with one
+// backend call for the whole request where the backend can, else one per
+// buffer.
 func (d *Device) read(r *request) (byte, int) {
 	off := int64(r.Sector * SectorSize)
+	if d.vio != nil {
+		defer d.release()
+		n, err := d.vio.ReadVecAt(d.gather(&r.Data), off)
+		if err != nil {
+			d.fail(err)
+			return StatusIOErr, n
+		}
+		d.readBytes.Add(uint64(n))
+		return StatusOK, n
+	}
 	n := 0
 	for p := r.Data.Next(ioChunk); p != nil; p = r.Data.Next(ioChunk) {
 		if _, err := d.backend.ReadAt(p, off); err != nil {
@@ -280,9 +308,20 @@ func (d *Device) read(r *request) (byte, int) {
 	return StatusOK, n
 }
 
-// write copies the guest's buffers to disk.
+// write copies the guest's buffers to disk, with one backend call where
+// the backend can.
 func (d *Device) write(r *request) byte {
 	off := int64(r.Sector * SectorSize)
+	if d.vio != nil {
+		defer d.release()
+		n, err := d.vio.WriteVecAt(d.gather(&r.Data), off)
+		d.writeBytes.Add(uint64(n))
+		if err != nil {
+			d.fail(err)
+			return StatusIOErr
+		}
+		return StatusOK
+	}
 	for p := r.Data.Next(ioChunk); p != nil; p = r.Data.Next(ioChunk) {
 		if _, err := d.backend.WriteAt(p, off); err != nil {
 			d.fail(err)

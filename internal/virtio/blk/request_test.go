@@ -1,6 +1,7 @@
 package blk
 
 import (
+	"bytes"
 	"encoding/binary"
 	"testing"
 
@@ -36,7 +37,11 @@ func encodeChainW(ro bool, writeMask byte, bufs ...[]byte) []byte {
 // FuzzBlkRequest feeds guest-built requests to the device over an in-memory
 // disk that fails on any out-of-range access. Invariants: no panic, the used
 // length never exceeds the writable bytes, and the backend is never asked
-// for a range outside the disk.
+// for a range outside the disk. Requests to the read-write device are also
+// served by two devices over Raw image files, one reading from its mapping
+// of the image (OpenRaw's default) and one with preadv (both write with
+// pwritev): each must write the same bytes into the guest and leave the
+// same disk.
 func FuzzBlkRequest(f *testing.F) {
 	st := []byte{0xee}
 	w := func(n int) []byte { return make([]byte, n) }
@@ -65,8 +70,18 @@ func FuzzBlkRequest(f *testing.F) {
 		d.AckFeatures(d.Features())
 		devs[i] = d
 	}
+	var rawImgs, rawDevs = make([]*Raw, len(readPaths)), make([]*Device, len(readPaths))
+	for i, p := range readPaths {
+		rawImgs[i] = openRawPath(f, writeFile(f, "fuzz.img", make([]byte, 128<<10)), false, p.mapped)
+		d, err := New(rawImgs[i], Config{Serial: "fuzz"}, nil)
+		if err != nil {
+			f.Fatal(err)
+		}
+		d.AckFeatures(d.Features())
+		rawDevs[i] = d
+	}
 	f.Cleanup(func() {
-		for _, d := range devs {
+		for _, d := range append(devs[:], rawDevs...) {
 			d.Close()
 		}
 	})
@@ -101,11 +116,39 @@ func FuzzBlkRequest(f *testing.F) {
 		if err != nil || c == nil {
 			return // a malformed chain never reaches the device
 		}
+		before := writableBytes(c)
 		used := d.HandleChain(q, c)
 		if int(used) > c.WritableLen() {
 			t.Fatalf("used %d > writable %d", used, c.WritableLen())
 		}
+		if d != devs[0] {
+			return
+		}
+		after := writableBytes(c)
+		for i, rd := range rawDevs {
+			w := c.Writable()
+			w.Write(before) // the guest's buffers as the first device found them
+			if rawUsed := rd.HandleChain(q, c); rawUsed != used || !bytes.Equal(writableBytes(c), after) {
+				t.Fatalf("Raw device (%s): used %d, guest bytes equal %v; in-memory device: used %d",
+					readPaths[i].name, rawUsed, bytes.Equal(writableBytes(c), after), used)
+			}
+			disk := make([]byte, len(disks[0].b))
+			if _, err := rawImgs[i].ReadAt(disk, 0); err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(disk, disks[0].b) {
+				t.Fatalf("the Raw image (%s) and the in-memory disk differ", readPaths[i].name)
+			}
+		}
 	})
+}
+
+// writableBytes copies the device-writable bytes of c.
+func writableBytes(c *virtio.Chain) []byte {
+	w := c.Writable()
+	b := make([]byte, w.Len())
+	w.Read(b)
+	return b
 }
 
 func TestParseRequest(t *testing.T) {
