@@ -337,13 +337,8 @@ func Run(ctx context.Context, s Spec) (exitCode int, err error) {
 // parameters. tsc=reliable keeps the TSC as clocksource (TCG's TSCs fail
 // the sync check, and the HPET fallback makes every clock read an emulated
 // MMIO access); mitigations=off because the test host is throwaway. Each
-// saves ~0.5 s of boot. transparent_hugepage=never: with THP on,
-// husk guests under heavy device traffic died of triple faults (RIP 0xfff0,
-// no oops: 1 of 4 TestVsock runs and 2 of ~8 TestVsockManyConns runs);
-// with it off, 0 of 6. The suspect is TCG's nested paging when khugepaged
-// remaps a running guest's memory, an artifact of the test host, not of
-// the hardware hosts husk runs on.
-const kernelCmdline = "console=ttyS0 panic=-1 quiet loglevel=4 tsc=reliable mitigations=off transparent_hugepage=never"
+// saves ~0.5 s of boot.
+const kernelCmdline = "console=ttyS0 panic=-1 quiet loglevel=4 tsc=reliable mitigations=off"
 
 // qemuArgs is the QEMU command line of a test host (see MEASURED.md,
 // "The test host that works").
