@@ -10,9 +10,10 @@ import (
 	"os"
 	"os/exec"
 	"regexp"
-	"sync"
 	"syscall"
 	"time"
+
+	"github.com/huskvm/husk/internal/tailbuf"
 )
 
 // vmSpec is one VMM invocation.
@@ -31,8 +32,8 @@ type vm struct {
 	entries chan entry    // the guest's report entries, in order; closed at the console's end
 	exited  chan struct{} // closed once the VMM has exited and its console been read to the end
 	exitErr error         // cmd.Wait's result; set before exited is closed
-	console *tail
-	stderr  *tail
+	console *tailbuf.Buffer
+	stderr  *tailbuf.Buffer
 }
 
 // entry is one DEVBENCH_<Key>=<Value> line.
@@ -53,7 +54,7 @@ func parseEntry(line string) (entry, bool) {
 // (neither VMM sees end of file on it) and carries the commands.
 func startVM(s vmSpec) (*vm, error) {
 	// stderr has room for a Go goroutine dump (see quit).
-	v := &vm{spec: s, console: &tail{max: 32 << 10}, stderr: &tail{max: 256 << 10},
+	v := &vm{spec: s, console: tailbuf.New(32 << 10), stderr: tailbuf.New(256 << 10),
 		entries: make(chan entry, 64), exited: make(chan struct{})}
 	v.cmd = exec.Command(s.Argv[0], s.Argv[1:]...)
 	var err error
@@ -176,27 +177,4 @@ func exitText(err error) string {
 		return ee.ProcessState.String()
 	}
 	return err.Error()
-}
-
-// tail keeps the last max bytes written to it.
-type tail struct {
-	mu  sync.Mutex
-	max int
-	b   []byte
-}
-
-func (t *tail) Write(p []byte) (int, error) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.b = append(t.b, p...)
-	if over := len(t.b) - t.max; over > 0 {
-		t.b = append(t.b[:0], t.b[over:]...)
-	}
-	return len(p), nil
-}
-
-func (t *tail) Bytes() []byte {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return append([]byte(nil), t.b...)
 }

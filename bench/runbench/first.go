@@ -15,6 +15,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/huskvm/husk/internal/tailbuf"
 )
 
 // initMarker is the last line the test init (test/guestinit) writes.
@@ -170,7 +172,7 @@ type child struct {
 	argv           []string
 	cmd            *exec.Cmd
 	t0             time.Time // just before exec
-	stdout, stderr *tailBuffer
+	stdout, stderr *tailbuf.Buffer
 	stdin          *os.File       // write end, open (and empty) until the end
 	mark           chan time.Time // when stdout showed the mark
 	exited         chan error     // cmd.Wait's result
@@ -181,7 +183,7 @@ type child struct {
 // empty pipe (as a console that nobody types on), and stdout passed
 // through watch, which sends the time of the mark.
 func startChild(argv, env []string, watch func(io.Reader, io.Writer, chan<- time.Time)) (*child, error) {
-	p := &child{argv: argv, stdout: &tailBuffer{max: 16 << 10}, stderr: &tailBuffer{max: 16 << 10},
+	p := &child{argv: argv, stdout: tailbuf.New(16 << 10), stderr: tailbuf.New(16 << 10),
 		mark: make(chan time.Time, 1), exited: make(chan error, 1)}
 	inR, inW, err := os.Pipe()
 	if err != nil {
@@ -318,28 +320,4 @@ func watchMarker(r io.Reader, keep io.Writer, mark chan<- time.Time) {
 		}
 	}
 	io.Copy(io.Discard, br)
-}
-
-// tailBuffer keeps the last max bytes written to it: the end of a log says
-// how a run ended.
-type tailBuffer struct {
-	mu  sync.Mutex
-	max int
-	b   []byte
-}
-
-func (t *tailBuffer) Write(p []byte) (int, error) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.b = append(t.b, p...)
-	if over := len(t.b) - t.max; over > 0 {
-		t.b = append(t.b[:0], t.b[over:]...)
-	}
-	return len(p), nil
-}
-
-func (t *tailBuffer) Bytes() []byte {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return bytes.Clone(t.b)
 }

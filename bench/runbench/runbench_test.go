@@ -57,18 +57,6 @@ func TestWatchFirstByte(t *testing.T) {
 	}
 }
 
-func TestTailBuffer(t *testing.T) {
-	b := &tailBuffer{max: 5}
-	for _, s := range []string{"abc", "defg", "h"} {
-		if n, _ := b.Write([]byte(s)); n != len(s) {
-			t.Fatalf("Write(%q) = %d", s, n)
-		}
-	}
-	if got := string(b.Bytes()); got != "defgh" {
-		t.Errorf("tail = %q, want %q", got, "defgh")
-	}
-}
-
 func TestSummarize(t *testing.T) {
 	s := summarize([]float64{5, 1, 4, 2, 3, 6, 7, 8, 9, 10})
 	want := summary{N: 10, Min: 1, P10: 1, Median: 5.5, P90: 9, Max: 10, Mean: 5.5}

@@ -1,17 +1,12 @@
 package main
 
 import (
-	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"os"
 	"os/exec"
-	"os/signal"
 	"path/filepath"
 	"strconv"
-	"strings"
-	"syscall"
 	"time"
 
 	"github.com/huskvm/husk/bench/qemubundle"
@@ -40,22 +35,12 @@ func benchBootCmd(args []string) error {
 	cmdline := fs.String("cmdline", "", "guest command line for both VMMs (default: bootbench's)")
 	var huskEnv envList
 	fs.Var(&huskEnv, "husk-env", "KEY=VALUE added to husk-vmm's environment (repeatable; for investigations)")
-	hostCPUs := fs.Int("testhost-cpus", 2, "vCPUs of the test host")
-	timeout := fs.Duration("timeout", 60*time.Minute, "limit for the whole run")
-	consoleLog := fs.String("console-log", "", "write the test host's console to this file")
-	debug := fs.Bool("debug", false, "hostinit logs its steps on the test host console")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
+	var host benchHost
+	host.flags(fs, 60*time.Minute)
+	if ok, err := parseArgs(fs, args); !ok {
 		return err
 	}
-	if fs.NArg() != 0 {
-		return fmt.Errorf("unexpected arguments %q", fs.Args())
-	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	ctx, cancel := context.WithTimeout(ctx, *timeout)
+	ctx, cancel := runContext(host.timeout)
 	defer cancel()
 
 	tmp, err := os.MkdirTemp("", "husk-bench-")
@@ -111,61 +96,16 @@ func benchBootCmd(args []string) error {
 		return cmd.Run()
 	}
 
-	const inside, qemuInside = "/artifacts/bench", "/artifacts/qemu"
-	disks := []testhost.Disk{{Name: "bench", Path: a.Dir}}
-	argv := benchArgs(inside)
-	if needQEMU {
-		qdir, err := qemubundle.Bundle(ctx, os.Stderr)
-		if err != nil {
-			return err
-		}
-		disks = append(disks, testhost.Disk{Name: "qemu", Path: qdir})
-		argv = append(argv, "-qemu-bundle", qemuInside)
-	}
-	var console *os.File
-	if *consoleLog != "" {
-		if console, err = os.Create(*consoleLog); err != nil {
-			return err
-		}
-		defer console.Close()
-	}
 	spec := testhost.Spec{
-		Disks:    disks,
-		CPUs:     *hostCPUs,
-		Args:     argv,
-		Stdout:   os.Stdout,
-		Stderr:   os.Stderr,
-		Progress: os.Stderr,
-		Timeout:  time.Until(deadline(ctx)),
-		Debug:    *debug,
+		Disks:  []testhost.Disk{{Name: "bench", Path: a.Dir}},
+		Args:   benchArgs("/artifacts/bench"),
+		Stdout: os.Stdout,
+		Stderr: os.Stderr,
 	}
-	if console != nil {
-		spec.Console = console
+	if needQEMU {
+		if err := addQEMU(ctx, &spec); err != nil {
+			return err
+		}
 	}
-	code, err := testhost.Run(ctx, spec)
-	if err != nil {
-		return err
-	}
-	if code != 0 {
-		return fmt.Errorf("bootbench exited with status %d", code)
-	}
-	return nil
-}
-
-func deadline(ctx context.Context) time.Time {
-	d, _ := ctx.Deadline()
-	return d
-}
-
-// envList is a repeatable KEY=VALUE flag.
-type envList []string
-
-func (l *envList) String() string { return strings.Join(*l, " ") }
-
-func (l *envList) Set(v string) error {
-	if !strings.Contains(v, "=") {
-		return fmt.Errorf("%q is not KEY=VALUE", v)
-	}
-	*l = append(*l, v)
-	return nil
+	return host.run(ctx, "bootbench", spec)
 }

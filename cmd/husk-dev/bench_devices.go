@@ -2,15 +2,12 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"os"
 	"os/exec"
-	"os/signal"
 	"path/filepath"
 	"strconv"
-	"syscall"
 	"time"
 
 	"github.com/huskvm/husk/bench/qemubundle"
@@ -42,22 +39,12 @@ func benchDevicesCmd(args []string) error {
 	fs.Var(&huskEnv, "husk-env", "KEY=VALUE added to husk-vmm's environment (repeatable; for investigations)")
 	bootTimeout := fs.Duration("boot-timeout", 3*time.Minute, "limit from the start of a VM to its guest program's READY")
 	stepTimeout := fs.Duration("step-timeout", 2*time.Minute, "limit for one measurement")
-	hostCPUs := fs.Int("testhost-cpus", 2, "vCPUs of the test host")
-	timeout := fs.Duration("timeout", 30*time.Minute, "limit for the whole run")
-	consoleLog := fs.String("console-log", "", "write the test host's console to this file")
-	debug := fs.Bool("debug", false, "hostinit logs its steps on the test host console")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
+	var host benchHost
+	host.flags(fs, 30*time.Minute)
+	if ok, err := parseArgs(fs, args); !ok {
 		return err
 	}
-	if fs.NArg() != 0 {
-		return fmt.Errorf("unexpected arguments %q", fs.Args())
-	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	ctx, cancel := context.WithTimeout(ctx, *timeout)
+	ctx, cancel := runContext(host.timeout)
 	defer cancel()
 
 	tmp, err := os.MkdirTemp("", "husk-bench-")
@@ -125,53 +112,27 @@ func benchDevicesCmd(args []string) error {
 		return cmd.Run()
 	}
 
-	const inside, qemuInside = "/artifacts/bench", "/artifacts/qemu"
 	disks := []testhost.Disk{{Name: "bench", Path: a.Dir}}
 	data := ""
 	if dataDir != "" {
 		disks = append(disks, testhost.Disk{Name: "data", Path: dataDir})
 		data = "/artifacts/data/" + dataName
 	}
-	argv := benchArgs(inside, data)
-	if needQEMU {
-		qdir, err := qemubundle.Bundle(ctx, os.Stderr)
-		if err != nil {
-			return err
-		}
-		disks = append(disks, testhost.Disk{Name: "qemu", Path: qdir})
-		argv = append(argv, "-qemu-bundle", qemuInside)
-	}
-	var console *os.File
-	if *consoleLog != "" {
-		if console, err = os.Create(*consoleLog); err != nil {
-			return err
-		}
-		defer console.Close()
-	}
 	spec := testhost.Spec{
 		Disks: disks,
+		Args:  benchArgs("/artifacts/bench", data),
 		// Without -data-on-disk devbench writes the data disk to /tmp, the
 		// test host's tmpfs.
 		ScratchMiB: max(testhost.DefaultScratchMiB, *imageMiB+512),
-		CPUs:       *hostCPUs,
-		Args:       argv,
 		Stdout:     os.Stdout,
 		Stderr:     os.Stderr,
-		Progress:   os.Stderr,
-		Timeout:    time.Until(deadline(ctx)),
-		Debug:      *debug,
 	}
-	if console != nil {
-		spec.Console = console
+	if needQEMU {
+		if err := addQEMU(ctx, &spec); err != nil {
+			return err
+		}
 	}
-	code, err := testhost.Run(ctx, spec)
-	if err != nil {
-		return err
-	}
-	if code != 0 {
-		return fmt.Errorf("devbench exited with status %d", code)
-	}
-	return nil
+	return host.run(ctx, "devbench", spec)
 }
 
 // dataName is the data image's name in its directory.

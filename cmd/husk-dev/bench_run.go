@@ -8,11 +8,9 @@ import (
 	"io"
 	"os"
 	"os/exec"
-	"os/signal"
 	"path/filepath"
 	"strconv"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/huskvm/husk/internal/devenv"
@@ -39,23 +37,13 @@ func benchRunCmd(args []string) error {
 	tmpl := fs.String("template", "base", "template the VMs boot (guest/templates/NAME.json), with this build's agent")
 	bootTimeout := fs.Duration("boot-timeout", 3*time.Minute, "limit for a boot to the agent's answer, the first output or the init marker")
 	stepTimeout := fs.Duration("step-timeout", 30*time.Second, "limit for one exec, and for a VM or husk to go after its measurement")
-	hostCPUs := fs.Int("testhost-cpus", 2, "vCPUs of the test host")
-	timeout := fs.Duration("timeout", 60*time.Minute, "limit for the whole run")
 	silence := fs.Duration("silence", 10*time.Minute, "stop when runbench prints nothing for this long (a stuck test host)")
-	consoleLog := fs.String("console-log", "", "write the test host's console to this file")
-	debug := fs.Bool("debug", false, "hostinit logs its steps on the test host console")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
+	var host benchHost
+	host.flags(fs, 60*time.Minute)
+	if ok, err := parseArgs(fs, args); !ok {
 		return err
 	}
-	if fs.NArg() != 0 {
-		return fmt.Errorf("unexpected arguments %q", fs.Args())
-	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	ctx, cancel := context.WithTimeout(ctx, *timeout)
+	ctx, cancel := runContext(host.timeout)
 	defer cancel()
 	ctx, stopSilent := context.WithCancelCause(ctx)
 	defer stopSilent(nil)
@@ -128,34 +116,12 @@ func benchRunCmd(args []string) error {
 	// which the VMs boot, and mounts it read-only at /artifacts/rootfs, where
 	// the host side finds the same /bin/true.
 	const inside, disk = "/artifacts/bench", "rootfs"
-	var console *os.File
-	if *consoleLog != "" {
-		if console, err = os.Create(*consoleLog); err != nil {
-			return err
-		}
-		defer console.Close()
-	}
-	spec := testhost.Spec{
-		Disks:    []testhost.Disk{{Name: "bench", Path: a.Dir}, {Name: disk, Path: rootfs}},
-		CPUs:     *hostCPUs,
-		Args:     benchArgs(inside, "/dev/disk/husk/"+disk, "/artifacts/"+disk),
-		Stdout:   stdout,
-		Stderr:   stderr,
-		Progress: os.Stderr,
-		Timeout:  time.Until(deadline(ctx)),
-		Debug:    *debug,
-	}
-	if console != nil {
-		spec.Console = console
-	}
-	code, err := testhost.Run(ctx, spec)
-	if err != nil {
-		return err
-	}
-	if code != 0 {
-		return fmt.Errorf("runbench exited with status %d", code)
-	}
-	return nil
+	return host.run(ctx, "runbench", testhost.Spec{
+		Disks:  []testhost.Disk{{Name: "bench", Path: a.Dir}, {Name: disk, Path: rootfs}},
+		Args:   benchArgs(inside, "/dev/disk/husk/"+disk, "/artifacts/"+disk),
+		Stdout: stdout,
+		Stderr: stderr,
+	})
 }
 
 // silenceWatch ends a run whose command has printed nothing for a while:

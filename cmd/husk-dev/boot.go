@@ -1,15 +1,11 @@
 package main
 
 import (
-	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"os"
 	"os/exec"
-	"os/signal"
 	"path/filepath"
-	"syscall"
 	"time"
 
 	"github.com/huskvm/husk/internal/devenv"
@@ -32,15 +28,10 @@ func bootCmd(args []string) error {
 	cpus := fs.Int("cpus", 1, "vCPUs of the microVM")
 	mem := fs.Int("mem", 128, "memory of the microVM in MiB")
 	timeout := fs.Duration("timeout", 5*time.Minute, "limit for the whole run")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
+	if ok, err := parseArgs(fs, args); !ok {
 		return err
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	ctx, cancel := context.WithTimeout(ctx, *timeout)
+	ctx, cancel := runContext(*timeout)
 	defer cancel()
 
 	stage, err := os.MkdirTemp("", "husk-boot-")

@@ -18,6 +18,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/huskvm/husk/internal/tailbuf"
 )
 
 // AgentPath is where templates carry husk-agent; the guest boots it as PID 1.
@@ -49,7 +51,7 @@ type VMSpec struct {
 type VM struct {
 	spec   VMSpec
 	cmd    *exec.Cmd
-	stderr *tailBuffer
+	stderr *tailbuf.Buffer
 	done   chan struct{} // closed when husk-vmm has exited
 	err    error         // why it exited, once done is closed
 	once   sync.Once
@@ -65,7 +67,7 @@ func Start(spec VMSpec) (*VM, error) {
 	if err := os.MkdirAll(spec.Dir, 0o700); err != nil {
 		return nil, err
 	}
-	v := &VM{spec: spec, stderr: &tailBuffer{max: 16 << 10}, done: make(chan struct{})}
+	v := &VM{spec: spec, stderr: tailbuf.New(16 << 10), done: make(chan struct{})}
 	v.cmd = exec.Command(spec.VMM,
 		"--kernel", spec.Kernel,
 		"--cpus", strconv.Itoa(spec.CPUs),
@@ -171,29 +173,6 @@ func (v *VM) WaitAgent(ctx context.Context, a *Agent) error {
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
-}
-
-// tailBuffer keeps the last max bytes written to it.
-type tailBuffer struct {
-	mu  sync.Mutex
-	max int
-	b   []byte
-}
-
-func (t *tailBuffer) Write(p []byte) (int, error) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.b = append(t.b, p...)
-	if over := len(t.b) - t.max; over > 0 {
-		t.b = append(t.b[:0], t.b[over:]...)
-	}
-	return len(p), nil
-}
-
-func (t *tailBuffer) String() string {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return string(t.b)
 }
 
 // tailFile returns the last max bytes of a file, or "".
