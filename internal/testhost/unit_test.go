@@ -2,6 +2,7 @@ package testhost
 
 import (
 	"bytes"
+	"fmt"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -274,6 +275,61 @@ func TestParseTestEvents(t *testing.T) {
 	}
 	if rep.Result != "fail" || !strings.Contains(rep.Output.String(), "not json at all") {
 		t.Errorf("package result %q, output %q", rep.Result, rep.Output.String())
+	}
+}
+
+// events builds test2json lines: for each test name, its output line and
+// its result.
+func events(tests ...[3]string) string {
+	var b strings.Builder
+	for _, e := range tests {
+		fmt.Fprintf(&b, `{"Action":"run","Test":%q}`+"\n", e[0])
+		fmt.Fprintf(&b, `{"Action":"output","Test":%q,"Output":%q}`+"\n", e[0], e[1]+"\n")
+		fmt.Fprintf(&b, `{"Action":%q,"Test":%q,"Elapsed":1}`+"\n", e[2], e[0])
+	}
+	return b.String()
+}
+
+func TestAnomalyRerun(t *testing.T) {
+	parse := func(s string) *goTestReport {
+		rep, err := parseTestEvents(strings.NewReader(s))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return rep
+	}
+	tripleFault := "husk-vmm said: level=WARN msg=" + hostAnomaly + " vcpu=0 rip=0xfff0"
+	first := attempt{code: 1, rep: parse(events(
+		[3]string{"TestA", "ok", "pass"},
+		[3]string{"TestB", tripleFault, "fail"},
+		[3]string{"TestC", "skipped", "skip"},
+		[3]string{"TestD", "x " + tripleFault, "fail"},
+	))}
+	if got := first.anomalyFailures(); !reflect.DeepEqual(got, []string{"TestB", "TestD"}) {
+		t.Fatalf("rerun %q, want TestB and TestD", got)
+	}
+	// One failure without the anomaly: it is a real failure, nothing reruns.
+	mixed := attempt{code: 1, rep: parse(events([3]string{"TestB", tripleFault, "fail"}, [3]string{"TestE", "boom", "fail"}))}
+	if got := mixed.anomalyFailures(); got != nil {
+		t.Fatalf("rerun %q alongside a real failure", got)
+	}
+	// A binary that did not finish (timeout, crash) is not rerun either.
+	unfinished := attempt{code: 2, rep: parse(`{"Action":"run","Test":"TestB"}` + "\n" + `{"Action":"output","Test":"TestB","Output":"` + tripleFault + `\n"}` + "\n")}
+	if got := unfinished.anomalyFailures(); got != nil {
+		t.Fatalf("rerun %q of an unfinished run", got)
+	}
+
+	second := attempt{code: 0, rep: parse(events([3]string{"TestB", "fine now", "pass"}, [3]string{"TestD", "fine too", "pass"}))}
+	first.replace(second, first.anomalyFailures())
+	if first.code != 0 || len(first.rep.Tests) != 4 {
+		t.Fatalf("after the rerun: status %d, %d tests", first.code, len(first.rep.Tests))
+	}
+	b := first.rep.Tests[1]
+	if b.Action != "pass" || !strings.Contains(b.cleanOutput(), tripleFault) || !strings.HasSuffix(b.cleanOutput(), "second run:\nfine now") {
+		t.Fatalf("TestB after the rerun: %s, output %q", b.Action, b.cleanOutput())
+	}
+	if a := first.rep.Tests[0]; a.Action != "pass" || a.cleanOutput() != "ok" {
+		t.Fatalf("TestA changed: %s %q", a.Action, a.cleanOutput())
 	}
 }
 
