@@ -92,6 +92,11 @@ type Stats struct {
 // ErrTimeout is the cause of a Run that hit Spec.Timeout.
 var ErrTimeout = errors.New("timed out")
 
+// ErrHostDied is a Run whose test host stopped without reporting the
+// command's status: its kernel crashed or QEMU died (the error carries the
+// console's tail).
+var ErrHostDied = errors.New("the test host died")
+
 // hostinitFailCode is what hostinit writes to the isa-debug-exit port when
 // it fails (test/hostinit: exitFail).
 const hostinitFailCode = 1
@@ -279,7 +284,7 @@ func Run(ctx context.Context, s Spec) (exitCode int, err error) {
 		if sess.err != nil && !errors.Is(sess.err, io.EOF) && !errors.Is(sess.err, io.ErrUnexpectedEOF) {
 			return fail("%w (%s: %v)", sess.err, QEMU, err)
 		}
-		return fail("%s exited (%v) without an exit status from the test host", QEMU, err)
+		return fail("%w: %s exited (%v) without an exit status from it", ErrHostDied, QEMU, err)
 	}
 
 	select {

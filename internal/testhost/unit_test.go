@@ -320,7 +320,7 @@ func TestAnomalyRerun(t *testing.T) {
 	}
 
 	second := attempt{code: 0, rep: parse(events([3]string{"TestB", "fine now", "pass"}, [3]string{"TestD", "fine too", "pass"}))}
-	first.replace(second, first.anomalyFailures())
+	first.replace(second)
 	if first.code != 0 || len(first.rep.Tests) != 4 {
 		t.Fatalf("after the rerun: status %d, %d tests", first.code, len(first.rep.Tests))
 	}
@@ -330,6 +330,32 @@ func TestAnomalyRerun(t *testing.T) {
 	}
 	if a := first.rep.Tests[0]; a.Action != "pass" || a.cleanOutput() != "ok" {
 		t.Fatalf("TestA changed: %s %q", a.Action, a.cleanOutput())
+	}
+
+	// The test host died in TestF: what passed, and a real failure, stand;
+	// the rest runs again, with the tests the first run never reached.
+	died := attempt{rep: parse(events(
+		[3]string{"TestA", "ok", "pass"},
+		[3]string{"TestE", "boom", "fail"},
+		[3]string{"TestB", tripleFault, "fail"},
+	) + `{"Action":"run","Test":"TestF"}` + "\n")}
+	if got := died.settled(); !reflect.DeepEqual(got, []string{"TestA", "TestE"}) {
+		t.Fatalf("settled %q, want TestA and TestE", got)
+	}
+	died.replace(attempt{code: 1, rep: parse(events(
+		[3]string{"TestB", "fine", "pass"},
+		[3]string{"TestF", "fine", "pass"},
+		[3]string{"TestG", "new", "pass"},
+	))})
+	var got []string
+	for _, it := range died.rep.Tests {
+		got = append(got, it.Name+":"+it.Action)
+	}
+	if want := []string{"TestA:pass", "TestE:fail", "TestB:pass", "TestF:pass", "TestG:pass"}; !reflect.DeepEqual(got, want) || died.code != 1 {
+		t.Fatalf("after the rerun %q status %d, want %q status 1", got, died.code, want)
+	}
+	if out := died.rep.Tests[3].cleanOutput(); !strings.HasPrefix(out, "first run, cut short when the test host died:") {
+		t.Fatalf("TestF output %q", out)
 	}
 }
 
