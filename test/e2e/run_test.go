@@ -68,10 +68,15 @@ func husk(t *testing.T, r huskRun, argv ...string) runResult {
 	res := runResult{stdout.String(), stderr.String(), cmd.ProcessState.ExitCode()}
 	var ee *exec.ExitError
 	if ctx.Err() != nil || (err != nil && !errors.As(err, &ee)) {
-		t.Fatalf("husk run %q: %v (deadline %v)\nstdout:\n%s\nstderr:\n%s", argv, err, runDeadline, res.stdout, res.stderr)
+		t.Fatalf("husk run %q: %v (deadline %v)\nstdout (%d bytes), the end:\n%q\nstderr (%d bytes), the end:\n%s",
+			argv, err, runDeadline, len(res.stdout), lastBytes(res.stdout, 4<<10), len(res.stderr), lastBytes(res.stderr, 16<<10))
 	}
 	return res
 }
+
+// lastBytes is the end of s, at most n bytes: a failure shows how a long
+// output ended without flooding the log.
+func lastBytes(s string, n int) string { return s[max(0, len(s)-n):] }
 
 func TestHuskRunPython(t *testing.T) {
 	r := husk(t, huskRun{}, "python3", "-c", "print(6*7)")
