@@ -42,6 +42,7 @@ import (
 	"time"
 
 	"github.com/huskvm/husk/bench/qemubundle"
+	"github.com/huskvm/husk/internal/shellquote"
 )
 
 // DefaultCmdline is husk-vmm's default command line plus husk.mode=hang.
@@ -176,18 +177,6 @@ func (c config) qemuSpec(cpus int, cmdline string) bootSpec {
 	}
 }
 
-func quoteArgv(argv []string) string {
-	q := make([]string, len(argv))
-	for i, a := range argv {
-		if a == "" || strings.ContainsAny(a, " \t\"'\\$,") {
-			q[i] = strconv.Quote(a)
-		} else {
-			q[i] = a
-		}
-	}
-	return strings.Join(q, " ")
-}
-
 func mib(b int64) float64 { return float64(b) / (1 << 20) }
 
 // compare runs the husk/QEMU pairs and prints the table and the result line.
@@ -212,9 +201,9 @@ func compare(c config) error {
 	for _, s := range specs {
 		env := ""
 		if len(s.Env) > 0 {
-			env = "env " + quoteArgv(s.Env) + " "
+			env = "env " + shellquote.Join(s.Env) + " "
 		}
-		fmt.Printf("%s: %s%s\n", s.Name, env, quoteArgv(s.Argv))
+		fmt.Printf("%s: %s%s\n", s.Name, env, shellquote.Join(s.Argv))
 	}
 	fmt.Printf("%d warm-up pair(s), then %d pairs; the first of each pair alternates\n", c.warmup, c.pairs)
 
@@ -315,7 +304,7 @@ func verdict(ok bool) string {
 
 // reportFailure prints what a failed or hung boot left behind.
 func reportFailure(s bootSpec, r bootResult) {
-	fmt.Fprintf(os.Stderr, "--- %s %s: %v\n--- argv: %s\n--- console:\n%s\n", s.Name, r.Outcome, r.Err, quoteArgv(s.Argv), r.Console)
+	fmt.Fprintf(os.Stderr, "--- %s %s: %v\n--- argv: %s\n--- console:\n%s\n", s.Name, r.Outcome, r.Err, shellquote.Join(s.Argv), r.Console)
 	if r.Diag != "" {
 		fmt.Fprintf(os.Stderr, "--- process:\n%s", r.Diag)
 	}

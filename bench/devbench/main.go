@@ -66,6 +66,7 @@ import (
 	"time"
 
 	"github.com/huskvm/husk/bench/qemubundle"
+	"github.com/huskvm/husk/internal/shellquote"
 )
 
 type config struct {
@@ -240,7 +241,7 @@ func run(c config) error {
 	}
 	fmt.Printf("guest: PVH %s, root %s, %d vCPU, %d MiB\ncmdline: %q\n", c.kernel, c.rootfs, c.cpus, c.mem, c.cmdline)
 	for _, v := range vmms {
-		fmt.Printf("%s: %s%s\n", v, envText(specs[v].Env), quoteArgv(specs[v].Argv))
+		fmt.Printf("%s: %s%s\n", v, envText(specs[v].Env), shellquote.Join(specs[v].Argv))
 	}
 	fmt.Printf("per round and VM: blk %d MiB in %d KiB O_DIRECT reads (twice, A B B A); lat %d reads of 4 KiB; rtt %d round trips of %d bytes; vsock %d MiB up, then down\n",
 		size>>20, c.blockKiB, c.lat, c.rtt, c.msg, c.vsockMiB)
@@ -387,7 +388,7 @@ func (c config) checkQEMU() error {
 	argv := c.qemuCmd("-version")
 	out, err := exec.CommandContext(ctx, argv[0], argv[1:]...).CombinedOutput()
 	if err != nil {
-		return fmt.Errorf("QEMU cannot run: %s: %v: %s", quoteArgv(argv), err, bytes.TrimSpace(out))
+		return fmt.Errorf("QEMU cannot run: %s: %v: %s", shellquote.Join(argv), err, bytes.TrimSpace(out))
 	}
 	fmt.Printf("qemu: %s\n", bytes.SplitN(bytes.TrimSpace(out), []byte("\n"), 2)[0])
 	return nil
@@ -582,17 +583,5 @@ func envText(env []string) string {
 	if len(env) == 0 {
 		return ""
 	}
-	return "env " + quoteArgv(env) + " "
-}
-
-func quoteArgv(argv []string) string {
-	q := make([]string, len(argv))
-	for i, a := range argv {
-		if a == "" || strings.ContainsAny(a, " \t\"'\\$,") {
-			q[i] = strconv.Quote(a)
-		} else {
-			q[i] = a
-		}
-	}
-	return strings.Join(q, " ")
+	return "env " + shellquote.Join(env) + " "
 }

@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/huskvm/husk/internal/shellquote"
 	"github.com/huskvm/husk/internal/tailbuf"
 )
 
@@ -165,7 +166,7 @@ func (v *vm) quit() {
 // stderr.
 func (v *vm) diagnostics() string {
 	return fmt.Sprintf("--- %s argv: %s\n--- %s console:\n%s\n--- %s stderr:\n%s\n---\n",
-		v.spec.Name, quoteArgv(v.spec.Argv), v.spec.Name, v.console.Bytes(), v.spec.Name, v.stderr.Bytes())
+		v.spec.Name, shellquote.Join(v.spec.Argv), v.spec.Name, v.console.Bytes(), v.spec.Name, v.stderr.Bytes())
 }
 
 func exitText(err error) string {

@@ -16,6 +16,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/huskvm/husk/internal/shellquote"
 	"github.com/huskvm/husk/internal/tailbuf"
 )
 
@@ -50,7 +51,7 @@ func firstOutput(c config) (firstResult, error) {
 		"--cpus", strconv.Itoa(c.cpus), "--mem", strconv.Itoa(c.mem), "--cmdline", bootCmdline}
 	fmt.Printf("\nrun: TMPDIR=%s %s\nagent: internal/sandbox Start and WaitAgent, the VM husk run boots\nboot: %s\n"+
 		"%d warm-up round(s), then %d rounds; the order rotates\n",
-		c.tmp, quoteArgv(runArgv), quoteArgv(bootArgv), c.warmup, c.rounds)
+		c.tmp, shellquote.Join(runArgv), shellquote.Join(bootArgv), c.warmup, c.rounds)
 
 	for i := -c.warmup; i < c.rounds; i++ {
 		var run, exit, agent, boot time.Duration
@@ -270,7 +271,7 @@ func (p *child) fail(why error, limit time.Duration) error {
 
 // report adds the command and the tails of its output to err.
 func (p *child) report(err error) error {
-	return fmt.Errorf("%w\n--- argv: %s\n--- stdout:\n%s\n--- stderr:\n%s\n---", err, quoteArgv(p.argv), p.stdout.Bytes(), p.stderr.Bytes())
+	return fmt.Errorf("%w\n--- argv: %s\n--- stdout:\n%s\n--- stderr:\n%s\n---", err, shellquote.Join(p.argv), p.stdout.Bytes(), p.stderr.Bytes())
 }
 
 // drain waits briefly for stdout and stderr to reach EOF (a grandchild

@@ -34,8 +34,6 @@ import (
 	"fmt"
 	"os"
 	"runtime"
-	"strconv"
-	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -138,19 +136,6 @@ func run(c config) error {
 		return fmt.Errorf("%d step(s) failed (above)", first.failures)
 	}
 	return nil
-}
-
-// quoteArgv renders an argument vector for the report.
-func quoteArgv(argv []string) string {
-	q := make([]string, len(argv))
-	for i, a := range argv {
-		if a == "" || strings.ContainsAny(a, " \t\"'\\$") {
-			q[i] = strconv.Quote(a)
-		} else {
-			q[i] = a
-		}
-	}
-	return strings.Join(q, " ")
 }
 
 // progress writes a progress line to stderr, stamped with the time since
