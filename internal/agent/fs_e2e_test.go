@@ -2,6 +2,7 @@ package agent_test
 
 import (
 	"context"
+	"slices"
 	"sort"
 	"strings"
 	"testing"
@@ -166,26 +167,38 @@ func TestWatchDir(t *testing.T) {
 			if !stream.Receive() || stream.Msg().GetStart() == nil {
 				t.Fatalf("first event %v %v", stream.Msg(), stream.Err())
 			}
-			if _, err := e.shell(ctx, "", "cd "+dir+" && echo 1 > x.txt && echo 2 >> x.txt && chmod 600 x.txt && mv x.txt y.txt && rm y.txt && echo deep > sub/d.txt && mkdir sub/new && echo n > sub/new/n.txt && echo done > end.txt"); err != nil {
-				t.Fatal(err)
-			}
 			var got []string
 			keepalives := 0
 			entries := map[string]*filesystem.EntryInfo{}
-			for !strings.Contains(strings.Join(got, ","), "end.txt") {
-				if !stream.Receive() {
-					t.Fatalf("stream ended: %v; got %v", stream.Err(), got)
-				}
-				if stream.Msg().GetKeepalive() != nil {
-					keepalives++
-					continue
-				}
-				ev := stream.Msg().GetFilesystem()
-				got = append(got, watchEvent(ev))
-				if ev.Entry != nil {
-					entries[ev.GetName()] = ev.GetEntry()
+			// recvUntil reads events until one of them is want.
+			recvUntil := func(want string) {
+				t.Helper()
+				for !slices.Contains(got, want) {
+					if !stream.Receive() {
+						t.Fatalf("stream ended: %v; got %v", stream.Err(), got)
+					}
+					if stream.Msg().GetKeepalive() != nil {
+						keepalives++
+						continue
+					}
+					ev := stream.Msg().GetFilesystem()
+					got = append(got, watchEvent(ev))
+					if ev.Entry != nil {
+						entries[ev.GetName()] = ev.GetEntry()
+					}
 				}
 			}
+			// x.txt stays until its events are seen: an event's entry is
+			// read when the agent handles it, and a file renamed by then
+			// has none.
+			if _, err := e.shell(ctx, "", "cd "+dir+" && echo 1 > x.txt && echo 2 >> x.txt && chmod 600 x.txt"); err != nil {
+				t.Fatal(err)
+			}
+			recvUntil("CHMOD x.txt")
+			if _, err := e.shell(ctx, "", "cd "+dir+" && mv x.txt y.txt && rm y.txt && echo deep > sub/d.txt && mkdir sub/new && echo n > sub/new/n.txt && echo done > end.txt"); err != nil {
+				t.Fatal(err)
+			}
+			recvUntil("CREATE end.txt")
 			joined := strings.Join(got, ",")
 			for _, want := range []string{"CREATE x.txt", "WRITE x.txt", "CHMOD x.txt", "RENAME x.txt", "CREATE y.txt", "REMOVE y.txt"} {
 				if !strings.Contains(joined, want) {
