@@ -3,6 +3,7 @@ package testhost
 import (
 	"bytes"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -325,7 +326,7 @@ func TestAnomalyRerun(t *testing.T) {
 		t.Fatalf("after the rerun: status %d, %d tests", first.code, len(first.rep.Tests))
 	}
 	b := first.rep.Tests[1]
-	if b.Action != "pass" || !strings.Contains(b.cleanOutput(), tripleFault) || !strings.HasSuffix(b.cleanOutput(), "second run:\nfine now") {
+	if b.Action != "pass" || !strings.Contains(b.cleanOutput(), tripleFault) || !strings.HasSuffix(b.cleanOutput(), "run again:\nfine now") {
 		t.Fatalf("TestB after the rerun: %s, output %q", b.Action, b.cleanOutput())
 	}
 	if a := first.rep.Tests[0]; a.Action != "pass" || a.cleanOutput() != "ok" {
@@ -354,7 +355,7 @@ func TestAnomalyRerun(t *testing.T) {
 	if want := []string{"TestA:pass", "TestE:fail", "TestB:pass", "TestF:pass", "TestG:pass"}; !reflect.DeepEqual(got, want) || died.code != 1 {
 		t.Fatalf("after the rerun %q status %d, want %q status 1", got, died.code, want)
 	}
-	if out := died.rep.Tests[3].cleanOutput(); !strings.HasPrefix(out, "first run, cut short when the test host died:") {
+	if out := died.rep.Tests[3].cleanOutput(); !strings.HasPrefix(out, "earlier run, cut short when the test host died:") {
 		t.Fatalf("TestF output %q", out)
 	}
 }
@@ -425,5 +426,49 @@ func TestHashDir(t *testing.T) {
 	h3, _, _, _ := hashDir(dir)
 	if h1 == h2 || h2 == h3 {
 		t.Errorf("hash ignores content or mode: %s %s %s", h1, h2, h3)
+	}
+}
+
+// TestRerunsAfterHostDeaths drives mirrorGoTest with a fake test host that
+// dies twice, each time in the middle of a test, and then runs to the end:
+// each rerun skips what had settled, and every test is reported once with
+// its last result.
+func TestRerunsAfterHostDeaths(t *testing.T) {
+	// What -test.v prints (test2json reads it) for tests that pass, and for
+	// one that starts but never ends.
+	pass := func(w io.Writer, names ...string) {
+		for _, n := range names {
+			fmt.Fprintf(w, "=== RUN   %s\n--- PASS: %s (0.00s)\n", n, n)
+		}
+	}
+	cut := func(w io.Writer, name string) (int, error) {
+		fmt.Fprintf(w, "=== RUN   %s\nhalf way\n", name)
+		return -1, fmt.Errorf("%w: qemu exited", ErrHostDied)
+	}
+	var argsSeen [][]string
+	hosts := []func(stdout io.Writer) (int, error){
+		func(w io.Writer) (int, error) { pass(w, "TestA"); return cut(w, "TestB") },
+		func(w io.Writer) (int, error) { pass(w, "TestB"); return cut(w, "TestC") },
+		func(w io.Writer) (int, error) { pass(w, "TestC", "TestD"); fmt.Fprintln(w, "PASS"); return 0, nil },
+	}
+	next := func(args ...string) func(stdout, stderr io.Writer) (int, error) {
+		argsSeen = append(argsSeen, args)
+		return func(stdout, _ io.Writer) (int, error) {
+			h := hosts[0]
+			hosts = hosts[1:]
+			return h(stdout)
+		}
+	}
+	// mirror fails unless every inner test ends up passed and the last
+	// run exits 0.
+	t.Run("mirror", func(t *testing.T) {
+		mirrorGoTest(t, "inner.test", nil, nil, next(), next, nil)
+	})
+	if len(hosts) != 0 {
+		t.Fatalf("%d test hosts not started", len(hosts))
+	}
+	want := [][]string{nil, {"-test.skip=^(TestA)$"}, {"-test.skip=^(TestA|TestB)$"}}
+	if !reflect.DeepEqual(argsSeen, want) {
+		t.Errorf("arguments of the runs %q, want %q", argsSeen, want)
 	}
 }
