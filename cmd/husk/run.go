@@ -200,6 +200,15 @@ func runHere(ctx context.Context, o *runOptions, cmd []string, sigs chan os.Sign
 		return 0, err
 	}
 	defer vm.Close(5 * time.Second)
+	// SIGUSR1: husk-vmm's device state on stderr, for a run that stalls.
+	usr1 := make(chan os.Signal, 1)
+	signal.Notify(usr1, syscall.SIGUSR1)
+	defer func() { signal.Stop(usr1); close(usr1) }()
+	go func() {
+		for range usr1 {
+			vm.DumpState(os.Stderr)
+		}
+	}()
 	agent := sandbox.NewAgent(vm.SocketPath(), o.user)
 	defer agent.Close()
 

@@ -132,6 +132,28 @@ func (v *VM) diagnostics() string {
 // output and the end of the guest console.
 func (v *VM) Diagnostics() string { return v.diagnostics() }
 
+// DumpState asks husk-vmm for its device state (SIGUSR1: it logs every
+// virtio queue's indices and every vsock connection's counters) and, a
+// second later, writes what husk-vmm has said to w. It is how a run that
+// stalls is looked into; the VM runs on.
+func (v *VM) DumpState(w io.Writer) {
+	select {
+	case <-v.done:
+		fmt.Fprintf(w, "husk: husk-vmm has exited: %v\n", v.err)
+		return
+	default:
+	}
+	if err := v.cmd.Process.Signal(syscall.SIGUSR1); err != nil {
+		fmt.Fprintf(w, "husk: signal husk-vmm: %v\n", err)
+		return
+	}
+	select {
+	case <-v.done:
+	case <-time.After(time.Second):
+	}
+	fmt.Fprintf(w, "husk: husk-vmm state on request (its last output):\n%s\n", strings.TrimSpace(v.stderr.String()))
+}
+
 // Close stops the VM, if it still runs: SIGTERM, then SIGKILL after grace.
 // Then it removes the VM's directory (overlay included). It returns once
 // husk-vmm is gone.

@@ -62,6 +62,14 @@ func husk(t *testing.T, r huskRun, argv ...string) runResult {
 	ctx, cancel := context.WithTimeout(context.Background(), runDeadline)
 	defer cancel()
 	cmd := huskCmd(t, ctx, r, argv...)
+	// Past the deadline, husk first prints husk-vmm's device state
+	// (SIGUSR1), so that a stalled run explains itself.
+	cmd.Cancel = func() error {
+		cmd.Process.Signal(syscall.SIGUSR1)
+		time.Sleep(2 * time.Second)
+		return cmd.Process.Kill()
+	}
+	cmd.WaitDelay = 10 * time.Second
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err := cmd.Run()
