@@ -429,46 +429,67 @@ func TestHashDir(t *testing.T) {
 	}
 }
 
-// TestRerunsAfterHostDeaths drives mirrorGoTest with a fake test host that
-// dies twice, each time in the middle of a test, and then runs to the end:
-// each rerun skips what had settled, and every test is reported once with
-// its last result.
-func TestRerunsAfterHostDeaths(t *testing.T) {
-	// What -test.v prints (test2json reads it) for tests that pass, and for
-	// one that starts but never ends.
+// TestReruns drives mirrorGoTest with fake test hosts that die in the
+// middle of a test, or whose guests triple-fault, before a run that passes:
+// each rerun runs what had not settled, and every test is reported once,
+// passed.
+func TestReruns(t *testing.T) {
+	// What -test.v prints (test2json reads it) for tests that pass, for a
+	// test that fails with a triple fault, and for one that never ends.
 	pass := func(w io.Writer, names ...string) {
 		for _, n := range names {
 			fmt.Fprintf(w, "=== RUN   %s\n--- PASS: %s (0.00s)\n", n, n)
 		}
 	}
+	tripleFault := func(w io.Writer, name string) (int, error) {
+		fmt.Fprintf(w, "=== RUN   %s\n    x_test.go:1: husk-vmm: level=WARN msg=%s rip=0xfff0\n--- FAIL: %s (0.00s)\nFAIL\n", name, hostAnomaly, name)
+		return 1, nil
+	}
 	cut := func(w io.Writer, name string) (int, error) {
 		fmt.Fprintf(w, "=== RUN   %s\nhalf way\n", name)
 		return -1, fmt.Errorf("%w: qemu exited", ErrHostDied)
 	}
-	var argsSeen [][]string
-	hosts := []func(stdout io.Writer) (int, error){
-		func(w io.Writer) (int, error) { pass(w, "TestA"); return cut(w, "TestB") },
-		func(w io.Writer) (int, error) { pass(w, "TestB"); return cut(w, "TestC") },
-		func(w io.Writer) (int, error) { pass(w, "TestC", "TestD"); fmt.Fprintln(w, "PASS"); return 0, nil },
-	}
-	next := func(args ...string) func(stdout, stderr io.Writer) (int, error) {
-		argsSeen = append(argsSeen, args)
-		return func(stdout, _ io.Writer) (int, error) {
-			h := hosts[0]
-			hosts = hosts[1:]
-			return h(stdout)
-		}
-	}
-	// mirror fails unless every inner test ends up passed and the last
-	// run exits 0.
-	t.Run("mirror", func(t *testing.T) {
-		mirrorGoTest(t, "inner.test", nil, nil, next(), next, nil)
-	})
-	if len(hosts) != 0 {
-		t.Fatalf("%d test hosts not started", len(hosts))
-	}
-	want := [][]string{nil, {"-test.skip=^(TestA)$"}, {"-test.skip=^(TestA|TestB)$"}}
-	if !reflect.DeepEqual(argsSeen, want) {
-		t.Errorf("arguments of the runs %q, want %q", argsSeen, want)
+	done := func(w io.Writer) (int, error) { fmt.Fprintln(w, "PASS"); return 0, nil }
+	type host func(stdout io.Writer) (int, error)
+	for _, tc := range []struct {
+		name  string
+		hosts []host
+		args  [][]string // of each run
+	}{
+		{"host dies twice", []host{
+			func(w io.Writer) (int, error) { pass(w, "TestA"); return cut(w, "TestB") },
+			func(w io.Writer) (int, error) { pass(w, "TestB"); return cut(w, "TestC") },
+			func(w io.Writer) (int, error) { pass(w, "TestC", "TestD"); return done(w) },
+		}, [][]string{nil, {"-test.skip=^(TestA)$"}, {"-test.skip=^(TestA|TestB)$"}}},
+		{"two triple faults and a death", []host{
+			func(w io.Writer) (int, error) { pass(w, "TestA"); return tripleFault(w, "TestB") },
+			func(w io.Writer) (int, error) { return tripleFault(w, "TestB") },
+			func(w io.Writer) (int, error) { return cut(w, "TestB") },
+			func(w io.Writer) (int, error) { pass(w, "TestB"); return done(w) },
+		}, [][]string{nil, {"-test.run=^(TestB)$"}, {"-test.run=^(TestB)$"}, {"-test.skip=^(TestA)$"}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var args [][]string
+			hosts := tc.hosts
+			next := func(a ...string) func(stdout, stderr io.Writer) (int, error) {
+				args = append(args, a)
+				return func(stdout, _ io.Writer) (int, error) {
+					h := hosts[0]
+					hosts = hosts[1:]
+					return h(stdout)
+				}
+			}
+			// mirror fails unless every inner test ends up passed and the
+			// last run exits 0.
+			t.Run("mirror", func(t *testing.T) {
+				mirrorGoTest(t, "inner.test", nil, nil, next(), next, nil)
+			})
+			if len(hosts) != 0 {
+				t.Fatalf("%d test hosts not started", len(hosts))
+			}
+			if !reflect.DeepEqual(args, tc.args) {
+				t.Errorf("arguments of the runs %q, want %q", args, tc.args)
+			}
+		})
 	}
 }
