@@ -240,7 +240,7 @@ func mirrorGoTest(t *testing.T, binary string, extraStdout, extraStderr io.Write
 		if !errors.Is(a.runErr, ErrHostDied) || a.rep == nil {
 			break
 		}
-		t.Logf("RERUN: %v\nrunning every test that had not passed once more in a fresh test host (rerun %d of at most %d)", a.runErr, n+1, maxReruns)
+		t.Logf("RERUN: %v\nrunning every test that had not settled again in a fresh test host (rerun %d of at most %d)", a.runErr, n+1, maxReruns)
 		if console != nil {
 			t.Logf("test host console (last bytes) of the run that died:\n%s", console.Tail())
 		}
