@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"reflect"
 	"strings"
@@ -306,17 +307,27 @@ func TestAnomalyRerun(t *testing.T) {
 		[3]string{"TestC", "skipped", "skip"},
 		[3]string{"TestD", "guest console: rcu: INFO: rcu_sched detected stalls on CPUs/tasks:", "fail"},
 	))}
-	if got := first.anomalyFailures(); !reflect.DeepEqual(got, []string{"TestB", "TestD"}) {
+	if got := first.rerunnable(nil); !reflect.DeepEqual(got, []string{"TestB", "TestD"}) {
 		t.Fatalf("rerun %q, want TestB and TestD", got)
 	}
-	// One failure without the anomaly: it is a real failure, nothing reruns.
-	mixed := attempt{code: 1, rep: parse(events([3]string{"TestB", tripleFault, "fail"}, [3]string{"TestE", "boom", "fail"}))}
-	if got := mixed.anomalyFailures(); got != nil {
-		t.Fatalf("rerun %q alongside a real failure", got)
+	if first.rep.Tests[1].anomaly() != "guest_triple_fault" || first.rep.Tests[3].anomaly() != "detected stalls on CPUs" || first.rep.Tests[0].anomaly() != "" {
+		t.Errorf("anomalies %q %q %q", first.rep.Tests[1].anomaly(), first.rep.Tests[3].anomaly(), first.rep.Tests[0].anomaly())
+	}
+	// A test that was rerun twice already stops the reruns.
+	if got := first.rerunnable(map[string]int{"TestD": maxTestReruns}); got != nil {
+		t.Fatalf("rerun %q after TestD's last rerun", got)
+	}
+	// More failures than maxFailedToRerun: broken for real, nothing reruns.
+	var many [][3]string
+	for i := range maxFailedToRerun + 1 {
+		many = append(many, [3]string{fmt.Sprintf("TestX%d", i), "boom", "fail"})
+	}
+	if got := (attempt{code: 1, rep: parse(events(many...))}).rerunnable(nil); got != nil {
+		t.Fatalf("rerun %q of %d failures", got, len(many))
 	}
 	// A binary that did not finish (timeout, crash) is not rerun either.
 	unfinished := attempt{code: 2, rep: parse(`{"Action":"run","Test":"TestB"}` + "\n" + `{"Action":"output","Test":"TestB","Output":"` + tripleFault + `\n"}` + "\n")}
-	if got := unfinished.anomalyFailures(); got != nil {
+	if got := unfinished.rerunnable(nil); got != nil {
 		t.Fatalf("rerun %q of an unfinished run", got)
 	}
 
@@ -333,14 +344,15 @@ func TestAnomalyRerun(t *testing.T) {
 		t.Fatalf("TestA changed: %s %q", a.Action, a.cleanOutput())
 	}
 
-	// The test host died in TestF: what passed, and a real failure, stand;
-	// the rest runs again, with the tests the first run never reached.
+	// The test host died in TestF: what passed, and a failure with no rerun
+	// left, stand; the rest runs again, with the tests the first run never
+	// reached.
 	died := attempt{rep: parse(events(
 		[3]string{"TestA", "ok", "pass"},
 		[3]string{"TestE", "boom", "fail"},
 		[3]string{"TestB", tripleFault, "fail"},
 	) + `{"Action":"run","Test":"TestF"}` + "\n")}
-	if got := died.settled(); !reflect.DeepEqual(got, []string{"TestA", "TestE"}) {
+	if got := died.settled(map[string]int{"TestE": maxTestReruns, "TestB": 1}); !reflect.DeepEqual(got, []string{"TestA", "TestE"}) {
 		t.Fatalf("settled %q, want TestA and TestE", got)
 	}
 	died.replace(attempt{code: 1, rep: parse(events(
@@ -430,7 +442,7 @@ func TestHashDir(t *testing.T) {
 }
 
 // TestReruns drives mirrorGoTest with fake test hosts that die in the
-// middle of a test, or whose guests triple-fault, before a run that passes:
+// middle of a test, or in which tests fail, before a run that passes:
 // each rerun runs what had not settled, and every test is reported once,
 // passed.
 func TestReruns(t *testing.T) {
@@ -467,6 +479,15 @@ func TestReruns(t *testing.T) {
 			func(w io.Writer) (int, error) { return cut(w, "TestB") },
 			func(w io.Writer) (int, error) { pass(w, "TestB"); return done(w) },
 		}, [][]string{nil, {"-test.run=^(TestB)$"}, {"-test.run=^(TestB)$"}, {"-test.skip=^(TestA)$"}}},
+		{"a failure with no known anomaly", []host{
+			func(w io.Writer) (int, error) {
+				fmt.Fprintf(w, "=== RUN   TestA\n    x_test.go:1: did not finish within 3m0s\n--- FAIL: TestA (0.00s)\n")
+				pass(w, "TestB")
+				fmt.Fprintln(w, "FAIL")
+				return 1, nil
+			},
+			func(w io.Writer) (int, error) { pass(w, "TestA"); return done(w) },
+		}, [][]string{nil, {"-test.run=^(TestA)$"}}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var args [][]string
@@ -492,4 +513,35 @@ func TestReruns(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestRerunsGiveUp: a test that fails in every run fails after its two
+// reruns. mirrorGoTest's failure is seen from outside, in a child process
+// running TestRerunsGiveUpChild.
+func TestRerunsGiveUp(t *testing.T) {
+	if os.Getenv("HUSK_RERUN_CHILD") == "1" {
+		t.Skip("the child's own run")
+	}
+	cmd := exec.Command(os.Args[0], "-test.run=^TestRerunsGiveUpChild$", "-test.v")
+	cmd.Env = append(os.Environ(), "HUSK_RERUN_CHILD=1")
+	out, err := cmd.CombinedOutput()
+	runs := strings.Count(string(out), "RERUN: failed in the test host")
+	if err == nil || runs != maxTestReruns || !strings.Contains(string(out), "--- FAIL: TestRerunsGiveUpChild/mirror/TestA") {
+		t.Fatalf("child: %v, %d reruns, output:\n%s", err, runs, out)
+	}
+}
+
+func TestRerunsGiveUpChild(t *testing.T) {
+	if os.Getenv("HUSK_RERUN_CHILD") != "1" {
+		t.Skip("run by TestRerunsGiveUp")
+	}
+	fail := func(args ...string) func(stdout, stderr io.Writer) (int, error) {
+		return func(w, _ io.Writer) (int, error) {
+			fmt.Fprintf(w, "=== RUN   TestA\n    x_test.go:1: boom\n--- FAIL: TestA (0.00s)\nFAIL\n")
+			return 1, nil
+		}
+	}
+	t.Run("mirror", func(t *testing.T) {
+		mirrorGoTest(t, "inner.test", nil, nil, fail(), fail, nil)
+	})
 }
