@@ -7,6 +7,7 @@ import (
 	"runtime"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/huskvm/husk/internal/arch/x86"
 	"github.com/huskvm/husk/internal/boot"
@@ -25,6 +26,83 @@ type vcpu struct {
 	mu     sync.Mutex // guards k against kick racing with close
 	k      *kvm.VCPU
 	closed bool
+
+	exits  atomic.Uint64        // exits to user space handled
+	probes chan chan<- VCPUView // state requests, answered between runs
+}
+
+// VCPUView is what a vCPU was doing when it was probed: where the guest
+// was, whether it took interrupts, and how many exits it had made.
+type VCPUView struct {
+	ID      int
+	RIP     uint64
+	RFLAGS  uint64
+	IF      bool   // RFLAGS.IF: the guest takes interrupts
+	MPState string // runnable, halted, ...
+	Exits   uint64
+	Err     string `json:",omitempty"`
+}
+
+// view reads the vCPU's state. Only the vCPU's own goroutine calls it,
+// between runs.
+func (c *vcpu) view(k *kvm.VCPU) VCPUView {
+	v := VCPUView{ID: c.id, Exits: c.exits.Load()}
+	r, err := k.Regs()
+	if err != nil {
+		v.Err = err.Error()
+		return v
+	}
+	v.RIP, v.RFLAGS, v.IF = r.RIP, r.RFLAGS, r.RFLAGS&(1<<9) != 0
+	st, err := k.MPState()
+	if err != nil {
+		v.Err = err.Error()
+		return v
+	}
+	v.MPState = mpStateName(st)
+	return v
+}
+
+func mpStateName(st uint32) string {
+	switch st {
+	case kvm.MPStateRunnable:
+		return "runnable"
+	case kvm.MPStateUninitialized:
+		return "uninitialized"
+	case kvm.MPStateInitReceived:
+		return "init_received"
+	case kvm.MPStateHalted:
+		return "halted"
+	case kvm.MPStateSIPIReceived:
+		return "sipi_received"
+	}
+	return fmt.Sprint(st)
+}
+
+// probe asks the vCPU for its state: it is kicked out of KVM_RUN and
+// answers before it enters again. ok is false if it did not answer within
+// the timeout (it has stopped, or is busy with a long exit).
+func (c *vcpu) probe(timeout time.Duration) (VCPUView, bool) {
+	reply := make(chan VCPUView, 1)
+	for sent := false; !sent; {
+		select {
+		case c.probes <- reply:
+			sent = true
+		default:
+			// An earlier probe gave up waiting (its kick may have come
+			// before the vCPU existed): take its request back.
+			select {
+			case <-c.probes:
+			default:
+			}
+		}
+	}
+	c.kick()
+	select {
+	case v := <-reply:
+		return v, true
+	case <-time.After(timeout):
+		return VCPUView{}, false
+	}
 }
 
 // loop is the vCPU goroutine. It locks itself to its OS thread for good: the
@@ -50,11 +128,17 @@ func (c *vcpu) loop(ready chan<- error, start <-chan struct{}) {
 				// loop condition then catches a stop that raced with it (stop
 				// sets stopping before immediate_exit).
 				k.SetImmediateExit(false)
+				select {
+				case reply := <-c.probes:
+					reply <- c.view(k)
+				default:
+				}
 				continue
 			}
 			c.vm.stop(fmt.Errorf("vcpu %d: KVM_RUN: %w", c.id, err))
 			return
 		}
+		c.exits.Add(1)
 		if err := c.handleExit(k); err != nil {
 			if errors.Is(err, errReset) {
 				err = nil

@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/huskvm/husk/internal/arch/x86"
 	"github.com/huskvm/husk/internal/eventfd"
@@ -242,10 +243,25 @@ func (v *VM) Stats() Stats {
 	return s
 }
 
-// LogState logs each virtio device's queues and interrupt status, and the
-// vsock connections, at warning level: what a person needs to see why a
-// guest's device stalled. husk-vmm calls it on SIGUSR1.
+// LogState logs each vCPU's state (kicked out of KVM_RUN for it), each
+// virtio device's queues and interrupt status, and the vsock connections,
+// at warning level: what a person needs to see why a guest stalled. A
+// device interrupt raised and not acknowledged while every vCPU has
+// interrupts enabled points at delivery; a vCPU with interrupts off for
+// long points at the guest. husk-vmm calls it on SIGUSR1, from any
+// goroutine.
 func (v *VM) LogState() {
+	var vcpus []*vcpu
+	if p := v.probeable.Load(); p != nil {
+		vcpus = *p
+	}
+	for _, c := range vcpus {
+		if vw, ok := c.probe(200 * time.Millisecond); ok {
+			v.log.Warn("vcpu_state", "vcpu", vw)
+		} else {
+			v.log.Warn("vcpu_state", "vcpu", c.id, "answered", false)
+		}
+	}
 	for i, d := range v.virtio {
 		log := v.log.With("device", d.dev.Type().String(), "index", i)
 		log.Warn("device_state", "interrupt_status", d.t.InterruptStatus(), "queues", d.dev.Inspect())

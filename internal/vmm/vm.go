@@ -55,7 +55,8 @@ type VM struct {
 	rng           *rng.Device
 	vsock         *vsock.Device
 
-	vcpus []*vcpu
+	vcpus     []*vcpu
+	probeable atomic.Pointer[[]*vcpu] // vcpus, for LogState from other goroutines
 
 	stopOnce sync.Once
 	stopped  chan struct{} // closed by stop
@@ -232,7 +233,7 @@ func (v *VM) Run(ctx context.Context) error {
 	start := make(chan struct{})
 	var wg sync.WaitGroup
 	for i := range v.vcpus {
-		c := &vcpu{vm: v, id: i, log: v.log.With("vcpu", i)}
+		c := &vcpu{vm: v, id: i, log: v.log.With("vcpu", i), probes: make(chan chan<- VCPUView, 1)}
 		v.vcpus[i] = c
 		wg.Add(1)
 		go func() {
@@ -240,6 +241,7 @@ func (v *VM) Run(ctx context.Context) error {
 			c.loop(ready, start)
 		}()
 	}
+	v.probeable.Store(&v.vcpus)
 	// Every vCPU must exist before any runs: the boot CPU's INIT/SIPI to an
 	// application processor that KVM does not know yet is lost.
 	for range v.vcpus {

@@ -279,3 +279,66 @@ func TestInsertKernelArgs(t *testing.T) {
 		t.Errorf("no args changed the line: %q", got)
 	}
 }
+
+// TestLogStateProbesVCPUs: LogState kicks each vCPU out of KVM_RUN and logs
+// where it was and whether it took interrupts, for a guest spinning with
+// interrupts off and one spinning with them on; the VM runs on afterwards.
+func TestLogStateProbesVCPUs(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		code []byte
+		loop string // where the guest spins
+		want string
+	}{
+		{"interrupts off", spin, "RIP:16777216 ", "IF:false"}, // the boot state has IF clear
+		// mov al, 0xff; out 0x21, al; out 0xa1, al (mask both PICs, or the
+		// PIT's tick meets the empty IDT); sti; jmp $
+		{"interrupts on", append([]byte{0xb0, 0xff, 0xe6, 0x21, 0xe6, 0xa1, 0xfb}, spin...), "RIP:16777223 ", "IF:true"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			kvmtest.RequireKVM(t)
+			path := filepath.Join(t.TempDir(), "kernel")
+			if err := os.WriteFile(path, pvhKernel(tc.code), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			var log lockedBuffer
+			vm, err := New(Config{Kernel: path, VCPUs: 2, MemMiB: 64, Log: slog.New(slog.NewTextHandler(&log, nil))})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer vm.Close()
+			ctx, cancel := context.WithCancelCause(context.Background())
+			done := make(chan error, 1)
+			go func() { done <- vm.Run(ctx) }()
+			// LogState before the vCPUs exist logs none; retry until vCPU 0
+			// answers with the state of the spin loop.
+			deadline := time.Now().Add(20 * time.Second)
+			for !strings.Contains(log.String(), tc.loop) {
+				select {
+				case err := <-done:
+					t.Fatalf("the VM stopped: %v; log %q", err, lastBytes(log.String(), 2000))
+				default:
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("no vcpu_state for the spin loop in %q", lastBytes(log.String(), 2000))
+				}
+				vm.LogState()
+				time.Sleep(50 * time.Millisecond)
+			}
+			out := log.String()
+			if !strings.Contains(out, tc.want) || !strings.Contains(out, "MPState:runnable") {
+				t.Errorf("log %q: want %s and MPState:runnable", out, tc.want)
+			}
+			// The application processor never got INIT/SIPI: it answers too.
+			if !strings.Contains(out, "ID:1 ") {
+				t.Errorf("log %q: no state for vCPU 1", out)
+			}
+			cancel(errors.New("done"))
+			if err := <-done; err == nil || err.Error() != "done" {
+				t.Fatalf("run: %v, want the VM to have run on until cancelled", err)
+			}
+		})
+	}
+}
+
+func lastBytes(s string, n int) string { return s[max(0, len(s)-n):] }
