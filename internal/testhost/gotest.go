@@ -243,6 +243,7 @@ func mirrorGoTest(t *testing.T, binary string, extraStdout, extraStderr io.Write
 	a := runAttempt(t, binary, extraStdout, extraStderr, run)
 	rerunFor := map[string]int{} // how often each test was rerun after failing
 	for n := 0; rerun != nil && n < maxReruns; n++ {
+		var args []string
 		if names := a.rerunnable(rerunFor); len(names) > 0 {
 			var why []string
 			for _, it := range a.rep.Tests {
@@ -259,23 +260,18 @@ func mirrorGoTest(t *testing.T, binary string, extraStdout, extraStderr io.Write
 			for _, s := range names {
 				rerunFor[s]++
 			}
-			b := runAttempt(t, binary, extraStdout, extraStderr, rerun("-test.run=^("+strings.Join(names, "|")+")$"))
-			if b.rep != nil {
-				a.replace(b)
+			args = []string{"-test.run=^(" + strings.Join(names, "|") + ")$"}
+		} else {
+			if !errors.Is(a.runErr, ErrHostDied) || a.rep == nil {
+				break
 			}
-			a.code, a.runErr, a.parseErr, a.stderr = b.code, b.runErr, b.parseErr, b.stderr
-			continue
-		}
-		if !errors.Is(a.runErr, ErrHostDied) || a.rep == nil {
-			break
-		}
-		t.Logf("RERUN: %v\nrunning every test that had not settled again in a fresh test host (rerun %d of at most %d)", a.runErr, n+1, maxReruns)
-		if console != nil {
-			t.Logf("test host console (last bytes) of the run that died:\n%s", console.Tail())
-		}
-		var args []string
-		if done := a.settled(rerunFor); len(done) > 0 {
-			args = append(args, "-test.skip=^("+strings.Join(done, "|")+")$")
+			t.Logf("RERUN: %v\nrunning every test that had not settled again in a fresh test host (rerun %d of at most %d)", a.runErr, n+1, maxReruns)
+			if console != nil {
+				t.Logf("test host console (last bytes) of the run that died:\n%s", console.Tail())
+			}
+			if done := a.settled(rerunFor); len(done) > 0 {
+				args = []string{"-test.skip=^(" + strings.Join(done, "|") + ")$"}
+			}
 		}
 		b := runAttempt(t, binary, extraStdout, extraStderr, rerun(args...))
 		if b.rep != nil {
