@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 	"unicode/utf8"
@@ -56,7 +57,8 @@ type Spec struct {
 
 	// Timeout bounds the whole run, boot included (default DefaultTimeout).
 	// QEMU is killed when it expires or ctx is done.
-	Timeout time.Duration
+	Timeout   time.Duration
+	hangAfter time.Duration // tests shorten hangAfter here
 
 	Progress      io.Writer // asset download and build progress lines; nil: none
 	Debug         bool      // hostinit logs each step on the console
@@ -93,8 +95,8 @@ type Stats struct {
 var ErrTimeout = errors.New("timed out")
 
 // ErrHostDied is a Run whose test host stopped without reporting the
-// command's status: its kernel crashed or QEMU died (the error carries the
-// console's tail).
+// command's status: its kernel crashed, QEMU died, or it hung (see
+// hangAfter) and Run killed it. The error carries the console's tail.
 var ErrHostDied = errors.New("the test host died")
 
 // hostinitFailCode is what hostinit writes to the isa-debug-exit port when
@@ -123,6 +125,9 @@ func (s *Spec) setDefaults() {
 	}
 	if s.Timeout == 0 {
 		s.Timeout = DefaultTimeout
+	}
+	if s.hangAfter == 0 {
+		s.hangAfter = hangAfter
 	}
 	if s.Stdout == nil {
 		s.Stdout = io.Discard
@@ -179,6 +184,8 @@ func Run(ctx context.Context, s Spec) (exitCode int, err error) {
 	}
 	ctx, cancel := context.WithTimeoutCause(ctx, s.Timeout, fmt.Errorf("%w after %v", ErrTimeout, s.Timeout))
 	defer cancel()
+	ctx, hung := context.WithCancelCause(ctx) // see hangAfter
+	defer hung(nil)
 	stats := s.Stats
 	if stats == nil {
 		stats = new(Stats)
@@ -212,7 +219,7 @@ func Run(ctx context.Context, s Spec) (exitCode int, err error) {
 	}
 	defer ln.Close()
 
-	console := &tailWriter{w: s.Console}
+	console := &tailWriter{w: &lockupWatch{w: s.Console, limit: s.hangAfter, died: hung}}
 	cmd := exec.CommandContext(ctx, qemu, qemuArgs(assets, &s, images, sock)...)
 	cmd.Stdout = console // the serial console (-serial stdio)
 	cmd.Stderr = console // QEMU's own messages
@@ -270,6 +277,7 @@ func Run(ctx context.Context, s Spec) (exitCode int, err error) {
 	sess := &session{spec: &s, stats: stats, console: console, qemuStart: qemuStart}
 	sessDone := make(chan struct{})
 	go func() { sess.serve(conn); close(sessDone) }()
+	go watchSilence(ctx, sess, s.hangAfter, time.Second, hung)
 
 	// qemuExit explains a session that ended without an Exit frame
 	// because QEMU exited.
@@ -382,6 +390,8 @@ type session struct {
 	qemuStart time.Time
 
 	// Set by serve; read after it returns.
+	waitingSince atomic.Int64 // UnixNano since serve waits for a frame; 0 while it handles one
+
 	exited   bool  // an Exit frame arrived
 	status   int   // its status
 	err      error // protocol or channel failure (nil once exited)
@@ -396,7 +406,9 @@ func (s *session) serve(conn net.Conn) {
 	started := false
 	var startAt time.Time
 	for {
+		s.waitingSince.Store(time.Now().UnixNano())
 		f, err := r.ReadFrame()
+		s.waitingSince.Store(0)
 		if err != nil {
 			s.err = fmt.Errorf("control channel: %w", err)
 			return
@@ -404,6 +416,11 @@ func (s *session) serve(conn net.Conn) {
 		switch f.Type {
 		case wire.Log:
 			fmt.Fprintf(s.console, "hostinit: %s\n", printable(f.Payload, 4096))
+		case wire.Beat:
+			if len(f.Payload) != 0 {
+				s.err = fmt.Errorf("control channel: Beat frame with %d bytes of payload", len(f.Payload))
+				return
+			}
 		case wire.Fail:
 			w.WriteFrame(wire.Ack, nil) // lets hostinit power off at once
 			s.err = fmt.Errorf("test host setup failed: %s", printable(f.Payload, 4096))

@@ -57,9 +57,11 @@ func runSession(t *testing.T, guest []byte, stdin io.Reader) (*session, []wire.F
 func TestSessionNormal(t *testing.T) {
 	var in []byte
 	in = wire.AppendFrame(in, wire.Log, []byte("hello \x1b[2J"))
+	in = wire.AppendFrame(in, wire.Beat, nil)
 	in = wire.AppendFrame(in, wire.Hello, []byte(`{"uptime_ns":2000000000,"kvm":true,"kernel":"6.1"}`))
 	in = wire.AppendFrame(in, wire.Stdout, []byte("o\x00"))
 	in = wire.AppendFrame(in, wire.Stderr, []byte("e\xff"))
+	in = wire.AppendFrame(in, wire.Beat, nil)
 	in = wire.AppendFrame(in, wire.Exit, wire.EncodeInt32(7))
 	in = wire.AppendFrame(in, wire.Stdout, []byte("after exit: ignored"))
 	s, sent := runSession(t, in, strings.NewReader("input"))
@@ -105,6 +107,7 @@ func TestSessionHostileGuest(t *testing.T) {
 		{"unknown type", append(hello, 'Z', 0, 0, 0, 0), "unknown frame type"},
 		{"huge frame", append(hello, 'o', 0x7f, 0xff, 0xff, 0xff), "too long"},
 		{"cut frame", append(hello, 'o', 0, 0, 1, 0, 'x'), "unexpected EOF"},
+		{"beat with payload", wire.AppendFrame(hello, wire.Beat, []byte("x")), "Beat frame with 1 bytes"},
 		{"fail", wire.AppendFrame(nil, wire.Fail, []byte("mount: \x00boom")), `setup failed: mount: \x00boom`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -6,7 +6,10 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -145,6 +148,63 @@ func TestTestHostRunsCommand(t *testing.T) {
 		}
 	})
 
+	t.Run("hung", func(t *testing.T) {
+		// The test host beats while the command sleeps, so it outlives
+		// the silence limit; frozen (QEMU stopped), it is taken for
+		// dead well before the timeout, and QEMU is gone after.
+		tmp := t.TempDir()
+		t.Setenv("TMPDIR", tmp)
+		const limit = 12 * time.Second
+		up := make(chan struct{})
+		var once sync.Once
+		stdout := writerFunc(func(p []byte) (int, error) {
+			once.Do(func() { close(up) })
+			return len(p), nil
+		})
+		type result struct {
+			code int
+			err  error
+		}
+		done := make(chan result, 1)
+		go func() {
+			code, err := Run(t.Context(), Spec{
+				Disks:     []Disk{disk},
+				Args:      []string{"/artifacts/bin/bin/helper", "out:up", "sleep:1h"},
+				Stdout:    stdout,
+				Timeout:   bootDeadline,
+				hangAfter: limit,
+			})
+			done <- result{code, err}
+		}()
+		select {
+		case <-up:
+		case r := <-done:
+			t.Fatalf("ended before its command wrote: %d, %v", r.code, r.err)
+		}
+		select {
+		case r := <-done:
+			t.Fatalf("a beating test host ended after %v: %d, %v", 2*limit, r.code, r.err)
+		case <-time.After(2 * limit):
+		}
+		pids := processesMentioning(tmp)
+		if len(pids) != 1 {
+			t.Fatalf("processes with %s in their command line: %v, want QEMU alone", tmp, pids)
+		}
+		pid, _ := strconv.Atoi(pids[0])
+		if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+			t.Fatal(err)
+		}
+		stopped := time.Now()
+		r := <-done
+		if !errors.Is(r.err, ErrHostDied) || !strings.Contains(r.err.Error(), "sent nothing") || r.code != -1 {
+			t.Fatalf("got %d, %v; want -1 and ErrHostDied for silence", r.code, r.err)
+		}
+		t.Logf("taken for hung %v after QEMU stopped", time.Since(stopped).Round(time.Millisecond))
+		if pids := processesMentioning(tmp); len(pids) > 0 {
+			t.Errorf("processes still running with %s in their command line: %v", tmp, pids)
+		}
+	})
+
 	t.Run("timeout", func(t *testing.T) {
 		tmp := t.TempDir()
 		t.Setenv("TMPDIR", tmp) // Run's socket directory goes here
@@ -198,6 +258,10 @@ func processesMentioning(s string) []string {
 	}
 	return pids
 }
+
+type writerFunc func([]byte) (int, error)
+
+func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
 
 func firstDiff(a, b []byte) int {
 	for i := range min(len(a), len(b)) {

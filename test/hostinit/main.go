@@ -171,6 +171,7 @@ func (s *initState) setup() error {
 		return errors.Join(chErr, err)
 	}
 	s.debugf("channel open")
+	go s.beat()
 	if err := s.waitModules("virtio_blk"); err != nil {
 		return err
 	}
@@ -341,6 +342,16 @@ func (s *initState) openChannel() error {
 			return fmt.Errorf("no virtio-serial port named %q after %v", wire.PortName, portWait)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// beat tells the host that the test host still runs, whatever the command
+// does (wire.Beat), until the channel fails.
+func (s *initState) beat() {
+	for range time.Tick(wire.BeatInterval) {
+		if s.w.WriteFrame(wire.Beat, nil) != nil {
+			return
+		}
 	}
 }
 

@@ -34,7 +34,9 @@
 //	guest → host  Exit    4 bytes: the command's status, int32 big endian
 //	host  → guest Ack     empty; the host has everything, the guest powers off
 //
-// Log frames (guest → host, text) may come at any time; Fail (guest → host,
+// Log frames (guest → host, text) and Beat frames (guest → host, empty, every
+// BeatInterval from the moment the channel is open) may come at any time;
+// a test host that has gone quiet for many beats has hung. Fail (guest → host,
 // text) reports that hostinit could not set up the test host and ends the
 // session. Exit is authoritative for the status: the isa-debug-exit port
 // write that follows it only stops QEMU quickly.
@@ -47,6 +49,7 @@ import (
 	"fmt"
 	"io"
 	"sync"
+	"time"
 )
 
 // PortName is the virtio-serial port name of the channel.
@@ -67,7 +70,12 @@ const (
 	Log    Type = 'l' // guest → host: a hostinit diagnostic line
 	Fail   Type = 'f' // guest → host: hostinit failed; payload says why
 	Signal Type = 'k' // host → guest: int32 big-endian signal for the command
+	Beat   Type = 'b' // guest → host: empty, every BeatInterval; hostinit lives
 )
+
+// BeatInterval is how often hostinit sends a Beat frame. The host side
+// takes a test host that sends nothing for many intervals as hung.
+const BeatInterval = 10 * time.Second
 
 func (t Type) String() string {
 	switch t {
@@ -91,6 +99,8 @@ func (t Type) String() string {
 		return "Fail"
 	case Signal:
 		return "Signal"
+	case Beat:
+		return "Beat"
 	}
 	return fmt.Sprintf("Type(%#02x)", byte(t))
 }
@@ -98,7 +108,7 @@ func (t Type) String() string {
 // Known reports whether t is a frame type of this protocol.
 func (t Type) Known() bool {
 	switch t {
-	case Hello, Start, Stdin, Stdout, Stderr, Exit, Ack, Log, Fail, Signal:
+	case Hello, Start, Stdin, Stdout, Stderr, Exit, Ack, Log, Fail, Signal, Beat:
 		return true
 	}
 	return false

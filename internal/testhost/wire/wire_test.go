@@ -24,6 +24,7 @@ func TestFrameRoundTrip(t *testing.T) {
 		{Ack, nil},
 		{Log, []byte("x")},
 		{Fail, []byte("y")},
+		{Beat, nil},
 		{Start, bytes.Repeat([]byte("a"), MaxPayload)},
 	}
 	var buf bytes.Buffer
@@ -118,6 +119,7 @@ func FuzzFrame(f *testing.F) {
 	f.Add([]byte{'o', 0xff, 0xff, 0xff, 0xff})
 	f.Add([]byte{'Z'})
 	f.Add(AppendFrame(nil, Hello, []byte(`{"kvm":true}`)))
+	f.Add(AppendFrame(AppendFrame(nil, Beat, nil), Beat, []byte("x")))
 	f.Fuzz(func(t *testing.T, in []byte) {
 		r := NewReader(bytes.NewReader(in))
 		var re []byte

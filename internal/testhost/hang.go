@@ -1,0 +1,105 @@
+package testhost
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"regexp"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/huskvm/husk/internal/testhost/wire"
+)
+
+// hangAfter is how long a test host may keep silent, or one of its CPUs
+// stuck, before Run takes it for hung: it kills QEMU and returns
+// ErrHostDied, as for a test host that crashed, instead of waiting out
+// Spec.Timeout. hostinit beats every wire.BeatInterval, so silence this long
+// is many missed beats; and no test's own deadline helps once a test host
+// CPU spins in the kernel, since the process there cannot be killed.
+const hangAfter = 2 * time.Minute
+
+// watchSilence calls died once s has waited hangAfter (limit) for a frame
+// without one arriving, checking every tick, until ctx is done. Only time
+// spent waiting on the test host counts: a host side slow to consume output
+// does not make the test host look hung.
+func watchSilence(ctx context.Context, s *session, limit, tick time.Duration, died context.CancelCauseFunc) {
+	t := time.NewTicker(tick)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			if q := s.quietFor(now); q >= limit {
+				died(fmt.Errorf("%w: hung, it sent nothing for %v (hostinit beats every %v)",
+					ErrHostDied, q.Round(time.Millisecond), wire.BeatInterval))
+				return
+			}
+		}
+	}
+}
+
+// quietFor is how long serve has been waiting for the current frame at
+// now; zero while it handles one.
+func (s *session) quietFor(now time.Time) time.Duration {
+	since := s.waitingSince.Load()
+	if since == 0 {
+		return 0
+	}
+	return now.Sub(time.Unix(0, since))
+}
+
+// softLockup matches the test host kernel's watchdog report of a CPU that
+// has not scheduled for a while.
+var softLockup = regexp.MustCompile(`soft lockup - CPU#\d+ stuck for (\d+)s!`)
+
+// maxConsoleLine caps the bytes lockupWatch keeps of one console line.
+const maxConsoleLine = 1024
+
+// lockupWatch passes console bytes to w and calls died once the test host's
+// kernel reports a CPU stuck for at least limit. In the runs this was made
+// for, such a CPU never came back: the husk-vmm on it spun in the kernel for
+// 40 minutes until the run's deadline.
+type lockupWatch struct {
+	w     io.Writer
+	limit time.Duration
+	died  context.CancelCauseFunc
+
+	mu   sync.Mutex
+	line []byte // the current line's start, at most maxConsoleLine bytes
+}
+
+func (l *lockupWatch) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	for rest := p; len(rest) > 0; {
+		i := bytes.IndexByte(rest, '\n')
+		chunk := rest
+		if i >= 0 {
+			chunk = rest[:i]
+		}
+		l.line = append(l.line, chunk[:min(len(chunk), maxConsoleLine-len(l.line))]...)
+		if i < 0 {
+			break
+		}
+		l.check()
+		l.line = l.line[:0]
+		rest = rest[i+1:]
+	}
+	l.mu.Unlock()
+	return l.w.Write(p)
+}
+
+func (l *lockupWatch) check() {
+	m := softLockup.FindSubmatch(l.line)
+	if m == nil {
+		return
+	}
+	secs, err := strconv.Atoi(string(m[1]))
+	if err != nil || time.Duration(secs)*time.Second < l.limit {
+		return
+	}
+	l.died(fmt.Errorf("%w: hung, its kernel reports %q", ErrHostDied, printable(l.line, maxConsoleLine)))
+}
