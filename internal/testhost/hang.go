@@ -56,14 +56,20 @@ func (s *session) quietFor(now time.Time) time.Duration {
 // has not scheduled for a while.
 var softLockup = regexp.MustCompile(`soft lockup - CPU#\d+ stuck for (\d+)s!`)
 
-// maxConsoleLine caps the bytes lockupWatch keeps of one console line.
+// kernelFailures are the test host kernel's reports of its own failure (a
+// soft lockup aside). After one the test host cannot be trusted, and it may
+// take minutes more to panic: in the CI run at c83a6c6, "BUG: TASK stack
+// guard page was hit" came 176 s before the panic.
+var kernelFailures = []string{"BUG: ", "Oops: ", "general protection fault", "Kernel panic"}
+
+// maxConsoleLine caps the bytes consoleWatch keeps of one console line.
 const maxConsoleLine = 1024
 
-// lockupWatch passes console bytes to w and calls died once the test host's
-// kernel reports a CPU stuck for at least limit. In the runs this was made
-// for, such a CPU never came back: the husk-vmm on it spun in the kernel for
-// 40 minutes until the run's deadline.
-type lockupWatch struct {
+// consoleWatch passes console bytes to w and calls died once the test host's
+// kernel reports its own failure, or a CPU stuck for at least limit. In the
+// runs this was made for, such a CPU never came back: the husk-vmm on it
+// spun in the kernel for 40 minutes until the run's deadline.
+type consoleWatch struct {
 	w     io.Writer
 	limit time.Duration
 	died  context.CancelCauseFunc
@@ -72,7 +78,7 @@ type lockupWatch struct {
 	line []byte // the current line's start, at most maxConsoleLine bytes
 }
 
-func (l *lockupWatch) Write(p []byte) (int, error) {
+func (l *consoleWatch) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	for rest := p; len(rest) > 0; {
 		i := bytes.IndexByte(rest, '\n')
@@ -92,14 +98,18 @@ func (l *lockupWatch) Write(p []byte) (int, error) {
 	return l.w.Write(p)
 }
 
-func (l *lockupWatch) check() {
-	m := softLockup.FindSubmatch(l.line)
-	if m == nil {
+func (l *consoleWatch) check() {
+	if m := softLockup.FindSubmatch(l.line); m != nil {
+		secs, err := strconv.Atoi(string(m[1]))
+		if err == nil && time.Duration(secs)*time.Second >= l.limit {
+			l.died(fmt.Errorf("%w: hung, its kernel reports %q", ErrHostDied, printable(l.line, maxConsoleLine)))
+		}
 		return
 	}
-	secs, err := strconv.Atoi(string(m[1]))
-	if err != nil || time.Duration(secs)*time.Second < l.limit {
-		return
+	for _, f := range kernelFailures {
+		if bytes.Contains(l.line, []byte(f)) {
+			l.died(fmt.Errorf("%w: its kernel reports %q", ErrHostDied, printable(l.line, maxConsoleLine)))
+			return
+		}
 	}
-	l.died(fmt.Errorf("%w: hung, its kernel reports %q", ErrHostDied, printable(l.line, maxConsoleLine)))
 }

@@ -84,14 +84,14 @@ func TestWatchSilence(t *testing.T) {
 	<-done
 }
 
-// TestLockupWatch: the console passes through unchanged; a soft lockup
+// TestConsoleWatch: the console passes through unchanged; a soft lockup
 // shorter than the limit is tolerated, one at the limit (its line split
 // across writes) marks the test host hung; an endless line stays capped.
-func TestLockupWatch(t *testing.T) {
+func TestConsoleWatch(t *testing.T) {
 	var out bytes.Buffer
 	ctx, died := context.WithCancelCause(context.Background())
 	defer died(nil)
-	l := &lockupWatch{w: &out, limit: 2 * time.Minute, died: died}
+	l := &consoleWatch{w: &out, limit: 2 * time.Minute, died: died}
 	var in []string
 	write := func(s string) {
 		in = append(in, s)
@@ -121,5 +121,33 @@ func TestLockupWatch(t *testing.T) {
 	}
 	if out.String() != strings.Join(in, "") {
 		t.Fatal("console bytes changed on the way through")
+	}
+}
+
+// TestConsoleWatchKernelFailure: the test host's kernel reporting its own
+// failure marks it dead at once; ordinary lines and guest-caused KVM
+// messages do not.
+func TestConsoleWatchKernelFailure(t *testing.T) {
+	for _, tc := range []struct {
+		line string
+		dead bool
+	}{
+		{"[    7.2] kvm [99]: vcpu0, guest rIP: 0xffffffff810032cd Unhandled WRMSR(0xc0010007) = 0xffff", false},
+		{"[    5.0] EXT4-fs (vdb): VFS: Can't find ext4 filesystem", false},
+		{"hostinit: disks mounted", false},
+		{"[  149.3] BUG: TASK stack guard page was hit at 00000000b464aaf1", true},
+		{"[  149.3] Oops: 0000 [#1] PREEMPT SMP NOPTI", true},
+		{"[  9.1] general protection fault, probably for non-canonical address", true},
+		{"[  325.4] Kernel panic - not syncing: corrupted stack end detected inside scheduler", true},
+	} {
+		ctx, died := context.WithCancelCause(context.Background())
+		l := &consoleWatch{w: io.Discard, limit: time.Minute, died: died}
+		l.Write([]byte(tc.line + "\n"))
+		if dead := ctx.Err() != nil; dead != tc.dead {
+			t.Errorf("%q: dead %v, want %v", tc.line, dead, tc.dead)
+		} else if dead && !errors.Is(context.Cause(ctx), ErrHostDied) {
+			t.Errorf("%q: cause %v", tc.line, context.Cause(ctx))
+		}
+		died(nil)
 	}
 }
