@@ -32,7 +32,8 @@ func RunGoTest(t *testing.T, spec Spec) {
 		t.Fatal("RunGoTest: empty spec.Args")
 	}
 	spec.Timeout = testTimeout(t, spec.Timeout)
-	spec.Args = goTestArgs(spec.Args, spec.Timeout)
+	args := spec.Args
+	spec.Args = goTestArgs(args, spec.Timeout)
 	console := &tailWriter{w: io.Discard}
 	if spec.Console != nil {
 		console.w = spec.Console
@@ -51,10 +52,13 @@ func RunGoTest(t *testing.T, spec Spec) {
 			return code, err
 		}
 	}
-	rerun := func(args ...string) func(stdout, stderr io.Writer) (int, error) {
+	rerun := func(extra ...string) func(stdout, stderr io.Writer) (int, error) {
 		again := spec
 		again.Timeout = testTimeout(t, 0)
-		again.Args = append(slices.Clone(spec.Args), args...)
+		// The inner -test.timeout follows the time left, so that a test
+		// that hangs in a rerun still dumps its goroutines before the
+		// test host is killed.
+		again.Args = goTestArgs(append(slices.Clone(args), extra...), again.Timeout)
 		return run(again)
 	}
 	mirrorGoTest(t, spec.Args[0], spec.Stdout, spec.Stderr, run(spec), rerun, console)

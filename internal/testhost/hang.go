@@ -52,12 +52,13 @@ func (s *session) quietFor(now time.Time) time.Duration {
 	return now.Sub(time.Unix(0, since))
 }
 
-// softLockup matches the test host kernel's watchdog report of a CPU that
-// has not scheduled for a while.
-var softLockup = regexp.MustCompile(`soft lockup - CPU#\d+ stuck for (\d+)s!`)
+// stuckFor matches the test host kernel's reports of a CPU that has not
+// scheduled for a while (soft lockup) and of a task blocked for a while
+// (hung task); the first group is how many seconds.
+var stuckFor = regexp.MustCompile(`soft lockup - CPU#\d+ stuck for (\d+)s!|INFO: task .* blocked for more than (\d+) seconds`)
 
 // kernelFailures are the test host kernel's reports of its own failure (a
-// soft lockup aside). After one the test host cannot be trusted, and it may
+// soft lockup or hung task aside). After one the test host cannot be trusted, and it may
 // take minutes more to panic: in the CI run at c83a6c6, "BUG: TASK stack
 // guard page was hit" came 176 s before the panic.
 var kernelFailures = []string{"BUG: ", "Oops: ", "general protection fault", "Kernel panic"}
@@ -66,9 +67,10 @@ var kernelFailures = []string{"BUG: ", "Oops: ", "general protection fault", "Ke
 const maxConsoleLine = 1024
 
 // consoleWatch passes console bytes to w and calls died once the test host's
-// kernel reports its own failure, or a CPU stuck for at least limit. In the
-// runs this was made for, such a CPU never came back: the husk-vmm on it
-// spun in the kernel for 40 minutes until the run's deadline.
+// kernel reports its own failure, or a CPU or task stuck for at least limit.
+// In the runs this was made for, none came back: the husk-vmm on a stuck
+// CPU spun in the kernel for 40 minutes until the run's deadline, and in
+// another run khugepaged stayed blocked for 20 minutes, as did the tests.
 type consoleWatch struct {
 	w     io.Writer
 	limit time.Duration
@@ -99,8 +101,8 @@ func (l *consoleWatch) Write(p []byte) (int, error) {
 }
 
 func (l *consoleWatch) check() {
-	if m := softLockup.FindSubmatch(l.line); m != nil {
-		secs, err := strconv.Atoi(string(m[1]))
+	if m := stuckFor.FindSubmatch(l.line); m != nil {
+		secs, err := strconv.Atoi(string(m[1]) + string(m[2]))
 		if err == nil && time.Duration(secs)*time.Second >= l.limit {
 			l.died(fmt.Errorf("%w: hung, its kernel reports %q", ErrHostDied, printable(l.line, maxConsoleLine)))
 		}

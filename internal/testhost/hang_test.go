@@ -106,6 +106,7 @@ func TestConsoleWatch(t *testing.T) {
 		t.Fatalf("line buffer grew to %d bytes", len(l.line))
 	}
 	write("\nnot a lockup: stuck for 500s!\n")
+	write("[  364.8] INFO: task khugepaged:36 blocked for more than 60 seconds.\n")
 	if ctx.Err() != nil {
 		t.Fatalf("hung before a long lockup: %v", context.Cause(ctx))
 	}
@@ -139,6 +140,8 @@ func TestConsoleWatchKernelFailure(t *testing.T) {
 		{"[  149.3] Oops: 0000 [#1] PREEMPT SMP NOPTI", true},
 		{"[  9.1] general protection fault, probably for non-canonical address", true},
 		{"[  325.4] Kernel panic - not syncing: corrupted stack end detected inside scheduler", true},
+		{"[  484.8] INFO: task khugepaged:36 blocked for more than 120 seconds.", true},
+		{"[  484.8] INFO: task khugepaged:36 blocked for more than 30 seconds.", false},
 	} {
 		ctx, died := context.WithCancelCause(context.Background())
 		l := &consoleWatch{w: io.Discard, limit: time.Minute, died: died}
