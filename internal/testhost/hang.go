@@ -58,9 +58,9 @@ func (s *session) quietFor(now time.Time) time.Duration {
 var stuckFor = regexp.MustCompile(`soft lockup - CPU#\d+ stuck for (\d+)s!|INFO: task .* blocked for more than (\d+) seconds`)
 
 // kernelFailures are the test host kernel's reports of its own failure (a
-// soft lockup or hung task aside). After one the test host cannot be trusted, and it may
-// take minutes more to panic: in the CI run at c83a6c6, "BUG: TASK stack
-// guard page was hit" came 176 s before the panic.
+// soft lockup or hung task aside). After one the test host cannot be
+// trusted, and it may take minutes more to panic: in a CI run at c83a6c6,
+// "BUG: TASK stack guard page was hit" came 176 s before the panic.
 var kernelFailures = []string{"BUG: ", "Oops: ", "general protection fault", "Kernel panic"}
 
 // maxConsoleLine caps the bytes consoleWatch keeps of one console line.

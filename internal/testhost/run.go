@@ -389,9 +389,11 @@ type session struct {
 	console   *tailWriter
 	qemuStart time.Time
 
-	// Set by serve; read after it returns.
-	waitingSince atomic.Int64 // UnixNano since serve waits for a frame; 0 while it handles one
+	// Set by serve, read by watchSilence while it runs: UnixNano since
+	// serve waits for a frame; 0 while it handles one.
+	waitingSince atomic.Int64
 
+	// Set by serve; read after it returns.
 	exited   bool  // an Exit frame arrived
 	status   int   // its status
 	err      error // protocol or channel failure (nil once exited)
