@@ -245,22 +245,27 @@ func countDir(t *testing.T, dir string) int {
 
 // TestNoLeaks boots and tears down VMs repeatedly: file descriptors must
 // come back to where they were, and the vCPU threads (locked, so they die
-// with their goroutines) must not pile up.
+// with their goroutines) must not pile up. The Go runtime keeps idle threads
+// from earlier blocking syscalls, so a few more threads afterwards are noise
+// (CI saw 3); a leak grows with the number of VMs, at least one per VM.
 func TestNoLeaks(t *testing.T) {
 	kvmtest.RequireKVM(t)
+	const vms, vcpus = 10, 4
 	code := append(puts("x"), i8042Reset...)
-	runGuest(t, pvhKernel(code), 4, 30*time.Second) // warm up the runtime's thread pool
+	runGuest(t, pvhKernel(code), vcpus, 30*time.Second) // warm up the runtime's thread pool
 	fds, threads := countDir(t, "/proc/self/fd"), countDir(t, "/proc/self/task")
-	for i := 0; i < 5; i++ {
-		if _, err := runGuest(t, pvhKernel(code), 4, 30*time.Second); err != nil {
+	for i := 0; i < vms; i++ {
+		if _, err := runGuest(t, pvhKernel(code), vcpus, 30*time.Second); err != nil {
 			t.Fatal(err)
 		}
 	}
 	if got := countDir(t, "/proc/self/fd"); got != fds {
-		t.Errorf("open fds %d after 5 VMs, %d before", got, fds)
+		t.Errorf("open fds %d after %d VMs, %d before", got, vms, fds)
 	}
-	if got := countDir(t, "/proc/self/task"); got > threads+2 {
-		t.Errorf("threads %d after 5 VMs of 4 vCPUs, %d before", got, threads)
+	got := countDir(t, "/proc/self/task")
+	t.Logf("threads %d after %d VMs of %d vCPUs, %d before", got, vms, vcpus, threads)
+	if got-threads >= vms {
+		t.Errorf("threads grew by %d over %d VMs of %d vCPUs: vCPU threads leak", got-threads, vms, vcpus)
 	}
 }
 
