@@ -63,21 +63,33 @@ var stuckFor = regexp.MustCompile(`soft lockup - CPU#\d+ stuck for (\d+)s!|INFO:
 // "BUG: TASK stack guard page was hit" came 176 s before the panic.
 var kernelFailures = []string{"BUG: ", "Oops: ", "general protection fault", "Kernel panic"}
 
+// traceEnd ends the kernel's report of a failure ("---[ end trace …" after
+// an oops, "---[ end Kernel panic …"); traceGrace is how long consoleWatch
+// waits for it, so that the report's registers and call trace reach the
+// console's tail before QEMU is killed.
+const (
+	traceEnd   = "---[ end "
+	traceGrace = 10 * time.Second
+)
+
 // maxConsoleLine caps the bytes consoleWatch keeps of one console line.
 const maxConsoleLine = 1024
 
 // consoleWatch passes console bytes to w and calls died once the test host's
-// kernel reports its own failure, or a CPU or task stuck for at least limit.
+// kernel reports its own failure (at the end of its report, or grace after
+// its first line), or a CPU or task stuck for at least limit.
 // In the runs this was made for, none came back: the husk-vmm on a stuck
 // CPU spun in the kernel for 40 minutes until the run's deadline, and in
 // another run khugepaged stayed blocked for 20 minutes, as did the tests.
 type consoleWatch struct {
 	w     io.Writer
 	limit time.Duration
+	grace time.Duration
 	died  context.CancelCauseFunc
 
-	mu   sync.Mutex
-	line []byte // the current line's start, at most maxConsoleLine bytes
+	mu      sync.Mutex
+	line    []byte // the current line's start, at most maxConsoleLine bytes
+	failure error  // the kernel reported its failure; died is due
 }
 
 func (l *consoleWatch) Write(p []byte) (int, error) {
@@ -108,9 +120,17 @@ func (l *consoleWatch) check() {
 		}
 		return
 	}
+	if l.failure != nil {
+		if bytes.Contains(l.line, []byte(traceEnd)) {
+			l.died(l.failure)
+		}
+		return
+	}
 	for _, f := range kernelFailures {
 		if bytes.Contains(l.line, []byte(f)) {
-			l.died(fmt.Errorf("%w: its kernel reports %q", ErrHostDied, printable(l.line, maxConsoleLine)))
+			err := fmt.Errorf("%w: its kernel reports %q", ErrHostDied, printable(l.line, maxConsoleLine))
+			l.failure = err
+			time.AfterFunc(l.grace, func() { l.died(err) })
 			return
 		}
 	}

@@ -126,9 +126,11 @@ func TestConsoleWatch(t *testing.T) {
 }
 
 // TestConsoleWatchKernelFailure: the test host's kernel reporting its own
-// failure marks it dead at once; ordinary lines and guest-caused KVM
-// messages do not.
+// failure marks it dead at the end of the report, or a grace period after
+// its first line when no end comes; ordinary lines and guest-caused KVM
+// messages do not, nor does a trace's end without a failure before it.
 func TestConsoleWatchKernelFailure(t *testing.T) {
+	const end = "[  149.4] ---[ end trace 0000000000000000 ]---"
 	for _, tc := range []struct {
 		line string
 		dead bool
@@ -140,17 +142,54 @@ func TestConsoleWatchKernelFailure(t *testing.T) {
 		{"[  149.3] Oops: 0000 [#1] PREEMPT SMP NOPTI", true},
 		{"[  9.1] general protection fault, probably for non-canonical address", true},
 		{"[  325.4] Kernel panic - not syncing: corrupted stack end detected inside scheduler", true},
+	} {
+		ctx, died := context.WithCancelCause(context.Background())
+		var out bytes.Buffer
+		l := &consoleWatch{w: &out, limit: time.Minute, grace: time.Hour, died: died}
+		l.Write([]byte(tc.line + "\n[  149.3] RIP: 0010:__svm_vcpu_run+0x8/0x100\n"))
+		if ctx.Err() != nil {
+			t.Errorf("%q: dead before the report ended", tc.line)
+		}
+		l.Write([]byte(end + "\n"))
+		if dead := ctx.Err() != nil; dead != tc.dead {
+			t.Errorf("%q: dead %v, want %v", tc.line, dead, tc.dead)
+		} else if dead && (!errors.Is(context.Cause(ctx), ErrHostDied) || !strings.Contains(context.Cause(ctx).Error(), tc.line)) {
+			t.Errorf("%q: cause %v", tc.line, context.Cause(ctx))
+		}
+		if !strings.Contains(out.String(), "__svm_vcpu_run") {
+			t.Errorf("%q: the report did not pass through", tc.line)
+		}
+		died(nil)
+	}
+
+	// A hung task at least as long as the limit is dead at once.
+	for _, tc := range []struct {
+		line string
+		dead bool
+	}{
 		{"[  484.8] INFO: task khugepaged:36 blocked for more than 120 seconds.", true},
 		{"[  484.8] INFO: task khugepaged:36 blocked for more than 30 seconds.", false},
 	} {
 		ctx, died := context.WithCancelCause(context.Background())
-		l := &consoleWatch{w: io.Discard, limit: time.Minute, died: died}
+		l := &consoleWatch{w: io.Discard, limit: time.Minute, grace: time.Hour, died: died}
 		l.Write([]byte(tc.line + "\n"))
 		if dead := ctx.Err() != nil; dead != tc.dead {
 			t.Errorf("%q: dead %v, want %v", tc.line, dead, tc.dead)
-		} else if dead && !errors.Is(context.Cause(ctx), ErrHostDied) {
-			t.Errorf("%q: cause %v", tc.line, context.Cause(ctx))
 		}
 		died(nil)
+	}
+
+	// A report that never ends is taken for dead after the grace.
+	ctx, died := context.WithCancelCause(context.Background())
+	defer died(nil)
+	l := &consoleWatch{w: io.Discard, limit: time.Minute, grace: 50 * time.Millisecond, died: died}
+	l.Write([]byte("[  137.4] BUG: TASK stack guard page was hit at 0000000035138270\n[  137.5] stack guard page: 0000 [#1]"))
+	select {
+	case <-ctx.Done():
+		if !strings.Contains(context.Cause(ctx).Error(), "stack guard page was hit") {
+			t.Errorf("cause %v", context.Cause(ctx))
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("a failure without the report's end was not taken for dead")
 	}
 }

@@ -219,7 +219,7 @@ func Run(ctx context.Context, s Spec) (exitCode int, err error) {
 	}
 	defer ln.Close()
 
-	console := &tailWriter{w: &consoleWatch{w: s.Console, limit: s.hangAfter, died: hung}}
+	console := &tailWriter{w: &consoleWatch{w: s.Console, limit: s.hangAfter, grace: traceGrace, died: hung}}
 	cmd := exec.CommandContext(ctx, qemu, qemuArgs(assets, &s, images, sock)...)
 	cmd.Stdout = console // the serial console (-serial stdio)
 	cmd.Stderr = console // QEMU's own messages
