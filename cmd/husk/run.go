@@ -264,7 +264,11 @@ func runHere(ctx context.Context, o *runOptions, cmd []string, sigs chan os.Sign
 	case err != nil:
 		select {
 		case <-vm.Done():
-			return 0, fmt.Errorf("the VM stopped while the command ran: %v", vm.Err())
+			why := "the guest powered off or reset"
+			if err := vm.Err(); err != nil {
+				why = err.Error()
+			}
+			return 0, fmt.Errorf("the VM stopped while the command ran (%s)%s", why, vm.Diagnostics())
 		default:
 		}
 		return 0, fmt.Errorf("%w%s", err, vm.Diagnostics())
